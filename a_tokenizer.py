@@ -1,0 +1,54 @@
+"""Get the short story "The Verdict" and split its text into words and punctuation with a regex.
+Book sections 2.1-2.2. Run: python a_tokenizer.py"""
+
+import re
+from pathlib import Path
+
+from gpt_download import DATA_DIR, download_file, run_main
+
+# The book's training text: Edith Wharton's public-domain short story, as the book's repository serves it.
+VERDICT_URL = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/"
+               "ch02/01_main-chapter-code/the-verdict.txt")
+VERDICT_SHA256 = "b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f"
+VERDICT_PATH = DATA_DIR / "the-verdict.txt"
+
+# Split on punctuation, double dashes and whitespace, keeping them (the capture group) as tokens.
+SPLIT_PATTERN = r'([,.:;?_!"()\']|--|\s)'
+
+
+def load_verdict(path=None):
+    """Return the text of the-verdict.txt. With no `path`, read data/the-verdict.txt, downloading it
+    first if it is not there yet; a given `path` is read as it is."""
+    if path is None:
+        path = download_file(VERDICT_URL, VERDICT_PATH, expected_sha256=VERDICT_SHA256)
+    with open(Path(path), "r", encoding="utf-8") as file:
+        return file.read()
+
+
+def split_text(text):
+    """The book's preprocessing: split with SPLIT_PATTERN and drop the whitespace-only pieces."""
+    return [item.strip() for item in re.split(SPLIT_PATTERN, text) if item.strip()]
+
+
+def main():
+    raw_text = load_verdict()
+    print("Total number of characters:", len(raw_text))
+    print("First 99 characters:", raw_text[:99])
+
+    # Build the regex up step by step on a short sentence, as the book does.
+    text = "Hello, world. This, is a test."
+    print("\nSplit on whitespace:", re.split(r"(\s)", text))
+    result = re.split(r"([,.]|\s)", text)
+    print("Split on commas, periods and whitespace:", result)
+    print("Without the whitespace items:", [item for item in result if item.strip()])
+
+    text = "Hello, world. Is this-- a test?"
+    print("\nThe full pattern on", repr(text) + ":", split_text(text))
+
+    preprocessed = split_text(raw_text)
+    print("\nNumber of tokens in the story:", len(preprocessed))
+    print("First 30 tokens:", preprocessed[:30])
+
+
+if __name__ == "__main__":
+    run_main(main)

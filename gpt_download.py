@@ -1,0 +1,319 @@
+"""The series' shared plumbing: where files live, downloading them safely, picking a device,
+and (section 5.5) reading OpenAI's GPT-2 checkpoints.
+
+Every script that fetches a file goes through `download_file`. Run this file directly to
+download GPT-2 weights: `python gpt_download.py --model-size 124M`.
+"""
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+# Downloads go to data/, everything a run produces to outputs/, both next to this file (not the
+# current directory). Tests and readers can move them with LLM_DATA_DIR / LLM_OUTPUTS_DIR.
+REPO_DIR = Path(__file__).resolve().parent
+DATA_DIR = Path(os.environ.get("LLM_DATA_DIR", REPO_DIR / "data"))
+OUTPUTS_DIR = Path(os.environ.get("LLM_OUTPUTS_DIR", REPO_DIR / "outputs"))
+
+
+class ScriptError(Exception):
+    """A predictable problem (missing file, no network, wrong device) with a message that says
+    what happened and what to do. Scripts print it instead of a traceback."""
+
+
+class DownloadError(ScriptError):
+    pass
+
+
+def run_main(main):
+    """Run a script's main(), turning predictable problems into one clear line on stderr."""
+    try:
+        main()
+    except (ScriptError, ValueError, FileNotFoundError) as error:
+        if os.environ.get("LLM_TRACEBACK"):
+            raise
+        sys.exit(f"error: {error}\n(set LLM_TRACEBACK=1 to see the full traceback)")
+    except KeyboardInterrupt:
+        sys.exit("interrupted")
+
+
+def output_path(name):
+    """Path of a file a run produces, with outputs/ created on first use."""
+    OUTPUTS_DIR.mkdir(parents=True, exist_ok=True)
+    return OUTPUTS_DIR / name
+
+
+def get_device(name=None):
+    """cuda, then mps, then cpu; `name` ("cpu", "cuda", "cuda:1", "mps") overrides the choice."""
+    import torch  # imported here so that chapter 2's scripts do not pay for it
+
+    if name in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ScriptError(f"unknown device {name!r}; use cpu, cuda or mps") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ScriptError("--device cuda was asked for, but this PyTorch sees no CUDA GPU; "
+                          "use --device cpu (or install a CUDA build of PyTorch)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ScriptError("--device mps was asked for, but MPS is not available here; use --device cpu")
+    return device
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fetch(url, destination, expected_sha256, expected_size, timeout):
+    """Download one URL to a temporary file beside `destination`, check it, rename it into place.
+    Any failure removes the temporary file, so nothing half-written is ever left behind."""
+    from tqdm import tqdm
+
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=destination.parent, prefix=destination.name + ".",
+                                         suffix=".part")
+    temp_path = Path(temp_name)
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "llm-from-scratch-companion"})
+        with os.fdopen(handle, "wb") as file, urllib.request.urlopen(request, timeout=timeout) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            received = 0
+            with tqdm(total=total, unit="B", unit_scale=True, desc=destination.name,
+                      disable=None) as progress:
+                while block := response.read(1 << 16):
+                    file.write(block)
+                    received += len(block)
+                    progress.update(len(block))
+        if total is not None and received != total:
+            raise DownloadError(f"the transfer stopped after {received} of {total} bytes")
+        if expected_size is not None and received != expected_size:
+            raise DownloadError(f"got {received} bytes, expected {expected_size}")
+        if expected_sha256 is not None and file_sha256(temp_path) != expected_sha256:
+            raise DownloadError("the file's SHA-256 checksum does not match the published one")
+        os.replace(temp_path, destination)
+    finally:
+        temp_path.unlink(missing_ok=True)
+
+
+def download_file(url, destination, backup_url=None, expected_sha256=None, expected_size=None,
+                  timeout=10):
+    """Download `url` to `destination` unless the file is already there; return its path.
+
+    Tries `backup_url` when the primary fails. Raises DownloadError naming the URLs and the path
+    where the file can be put by hand (the way to run offline)."""
+    destination = Path(destination)
+    if destination.exists():
+        return destination
+    failures = []
+    for source in [url] + ([backup_url] if backup_url else []):
+        try:
+            _fetch(source, destination, expected_sha256, expected_size, timeout)
+            return destination
+        except (OSError, http.client.HTTPException, DownloadError) as error:
+            reason = getattr(error, "reason", None) or error
+            failures.append(f"  {source}: {reason}")
+    raise DownloadError(
+        f"could not download {destination.name}:\n" + "\n".join(failures) +
+        f"\nIf this machine is offline, download the file elsewhere and put it at {destination}")
+
+
+# ---- Section 5.5: OpenAI's GPT-2 weights ----
+
+GPT2_MODEL_SIZES = ("124M", "355M", "774M", "1558M")
+
+# OpenAI's release: seven files per size. Module constants, so tests can point them elsewhere.
+GPT2_FILES = ("checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of-00001",
+              "model.ckpt.index", "model.ckpt.meta", "vocab.bpe")
+GPT2_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
+GPT2_BACKUP_URL = "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2"  # the book's mirror
+
+# The same weights as safetensors files on the Hugging Face Hub: no TensorFlow needed to read them.
+HF_FILES = ("config.json", "model.safetensors")
+HF_URL = "https://huggingface.co/openai-community"
+HF_REPOS = {"124M": "gpt2", "355M": "gpt2-medium", "774M": "gpt2-large", "1558M": "gpt2-xl"}
+
+
+def download_and_load_gpt2(model_size, models_dir=None, source="tf"):
+    """Download GPT-2 `model_size` ("124M", "355M", "774M" or "1558M") into models_dir/model_size
+    (default data/gpt2/124M etc.) unless the files are there, and read it.
+
+    source="tf" reads OpenAI's original TensorFlow checkpoint (needs TensorFlow);
+    source="safetensors" reads the Hugging Face copy of the same weights (no TensorFlow).
+    Returns (settings, params): settings as in OpenAI's hparams.json, params the book's dict
+    {"blocks": [...], "b", "g", "wpe", "wte"} of NumPy arrays."""
+    if model_size not in GPT2_MODEL_SIZES:
+        raise ValueError(f"model_size must be one of {', '.join(GPT2_MODEL_SIZES)}, not {model_size!r}")
+    if source not in ("tf", "safetensors"):
+        raise ValueError(f'source must be "tf" or "safetensors", not {source!r}')
+    model_dir = Path(models_dir if models_dir is not None else DATA_DIR / "gpt2") / model_size
+
+    if source == "safetensors":
+        for name in HF_FILES:
+            download_file(f"{HF_URL}/{HF_REPOS[model_size]}/resolve/main/{name}", model_dir / name)
+        return load_gpt2_params_from_safetensors(model_dir)
+
+    _import_tensorflow()  # fail before a download of up to 6 GB that could not be read
+    for name in GPT2_FILES:
+        download_file(f"{GPT2_URL}/{model_size}/{name}", model_dir / name,
+                      backup_url=f"{GPT2_BACKUP_URL}/{model_size}/{name}")
+    settings = _read_json(model_dir / "hparams.json")
+    tf = _import_tensorflow()
+    ckpt_path = tf.train.latest_checkpoint(str(model_dir))  # "checkpoint" names the model.ckpt files
+    if ckpt_path is None:
+        raise ScriptError(f"{model_dir / 'checkpoint'} does not name a readable checkpoint; "
+                          f"delete {model_dir} and download it again")
+    return settings, load_gpt2_params_from_tf_ckpt(ckpt_path, settings)
+
+
+def _import_tensorflow():
+    """TensorFlow, imported only to read OpenAI's checkpoints, or a ScriptError saying what to do."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's start-up log lines
+    try:
+        import tensorflow as tf
+    except ImportError as error:
+        raise ScriptError(
+            f"reading OpenAI's original GPT-2 checkpoint needs TensorFlow, which is not installed "
+            f"here ({error}). Install it (pip install tensorflow-cpu) if a wheel exists for Python "
+            f"{sys.version_info.major}.{sys.version_info.minor} on this platform, or read the same "
+            f"weights from Hugging Face's safetensors files, which need no TensorFlow: "
+            f"--weights safetensors in the chapter scripts, --source safetensors for gpt_download.py, "
+            f'source="safetensors" in download_and_load_gpt2') from error
+    return tf
+
+
+def load_gpt2_params_from_tf_ckpt(ckpt_path, settings):
+    """Read every variable of OpenAI's checkpoint ("model/h0/attn/c_attn/w", ...) into the
+    book's params dict."""
+    tf = _import_tensorflow()
+    params = {"blocks": [{} for _ in range(settings["n_layer"])]}
+    try:
+        reader = tf.train.load_checkpoint(str(ckpt_path))
+        for name in sorted(reader.get_variable_to_shape_map()):
+            _add_param(params, name, reader.get_tensor(name), ckpt_path)
+    except tf.errors.OpError as error:
+        raise ScriptError(f"could not read the TensorFlow checkpoint {ckpt_path} ({error.message}); "
+                          f"delete its folder and download it again") from error
+    return params
+
+
+def load_gpt2_params_from_safetensors(model_dir):
+    """Read Hugging Face's model.safetensors and config.json for GPT-2 into the same
+    (settings, params) that the TensorFlow reader returns."""
+    from safetensors import SafetensorError, safe_open
+
+    model_dir = Path(model_dir)
+    config = _read_json(model_dir / "config.json")
+    settings = {"n_vocab": config["vocab_size"], "n_ctx": config.get("n_positions", config.get("n_ctx")),
+                "n_embd": config["n_embd"], "n_head": config["n_head"], "n_layer": config["n_layer"]}
+    params = {"blocks": [{} for _ in range(settings["n_layer"])]}
+    path = model_dir / "model.safetensors"
+    try:
+        # safe_open maps the file and reads one tensor at a time, so the file is never in memory twice.
+        with safe_open(str(path), framework="np") as file:
+            for key in sorted(file.keys()):
+                name = _tf_name_of_hf_key(key)
+                if name is not None:
+                    _add_param(params, name, file.get_tensor(key), path)
+    except (SafetensorError, OSError) as error:
+        raise ScriptError(f"could not read {path} ({error}); delete it and download it again") from error
+    return settings, params
+
+
+def _tf_name_of_hf_key(key):
+    """Hugging Face's name of a GPT-2 tensor as OpenAI's variable name: "h.0.ln_1.weight" ->
+    "model/h0/ln_1/g". None for what is not a weight (the attention masks, the tied lm_head)."""
+    parts = key.removeprefix("transformer.").split(".")
+    if parts[0] == "lm_head" or parts[-2:] in (["attn", "bias"], ["attn", "masked_bias"]):
+        return None
+    if parts[0] == "h":
+        parts = [f"h{parts[1]}"] + parts[2:]
+    if parts[-1] == "bias":
+        parts[-1] = "b"
+    elif parts[0] in ("wte", "wpe"):
+        parts = parts[:1]
+    else:  # LayerNorms have a gain g, the conv1d layers a weight w
+        parts[-1] = "g" if parts[-2].startswith("ln_") else "w"
+    return "model/" + "/".join(parts)
+
+
+def _add_param(params, name, array, source):
+    """Put OpenAI's variable `name` where the book's params dict keeps it:
+    "model/h0/attn/c_attn/w" -> params["blocks"][0]["attn"]["c_attn"]["w"],
+    "model/ln_f/g" -> params["g"], "model/wte" -> params["wte"]."""
+    parts = name.split("/")[1:]  # drop the "model" scope
+    if parts[0].startswith("h") and parts[0][1:].isdigit():
+        layer = int(parts[0][1:])
+        if layer >= len(params["blocks"]):
+            raise ScriptError(f"{source} holds {name}, but its settings say n_layer "
+                              f"{len(params['blocks'])}; are the files from different model sizes?")
+        target, parts = params["blocks"][layer], parts[1:]
+    else:
+        target, parts = params, parts[-1:]
+    for key in parts[:-1]:
+        target = target.setdefault(key, {})
+    if parts[-1] == "w":
+        # A conv1d weight [1, nx, nf] becomes [nx, nf], stored column by column: then the
+        # transposes in load_weights_into_gpt are contiguous and the model can use this very
+        # memory instead of a second copy (what lets gpt2-xl load on a 16 GB laptop).
+        array = np.array(array.reshape(array.shape[-2:]), order="F")
+    else:
+        array = np.require(array, requirements="CW")  # writable, so the model can train it in place
+    target[parts[-1]] = array
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as file:
+            return json.load(file)
+    except json.JSONDecodeError as error:
+        raise ScriptError(f"{path} is not valid JSON ({error}); delete it and download it again") from error
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Download and check OpenAI's GPT-2 weights (section 5.5).")
+    parser.add_argument("--model-size", choices=GPT2_MODEL_SIZES, default="124M")
+    parser.add_argument("--source", choices=("tf", "safetensors"), default="tf",
+                        help="tf: OpenAI's TensorFlow checkpoint (the book's); safetensors: the "
+                             "Hugging Face copy, no TensorFlow needed")
+    parser.add_argument("--models-dir", type=Path, default=DATA_DIR / "gpt2",
+                        help="the files go to MODELS_DIR/MODEL_SIZE (default: %(default)s)")
+    args = parser.parse_args()
+
+    settings, params = download_and_load_gpt2(args.model_size, args.models_dir, args.source)
+    model_dir = args.models_dir / args.model_size
+    for name in (GPT2_FILES if args.source == "tf" else HF_FILES):
+        print(f"{model_dir / name}: {(model_dir / name).stat().st_size:,} bytes")
+    print("Settings:", settings)
+    print("Parameter dictionary keys:", params.keys())
+    count = sum(array.size for array in _arrays(params))
+    print(f"Parameters read: {count:,} (the output layer reuses wte's {params['wte'].size:,})")
+
+
+def _arrays(tree):
+    """Every array in a (nested) params dict."""
+    if isinstance(tree, dict):
+        tree = list(tree.values())
+    if isinstance(tree, list):
+        return [array for item in tree for array in _arrays(item)]
+    return [tree]
+
+
+if __name__ == "__main__":
+    run_main(main)
