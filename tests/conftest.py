@@ -72,8 +72,11 @@ def local_server():
 def run_script(script, *args, data_dir, outputs_dir, timeout=180, check=True, env=None):
     """Run a lettered script as a reader would, with data/ and outputs/ moved to test folders.
     Returns the CompletedProcess; with check=True a failure shows everything the script printed."""
+    # One thread: test models are tiny, and on a small busy machine syncing threads costs more
+    # than it saves.
     full_env = dict(os.environ, LLM_DATA_DIR=str(data_dir), LLM_OUTPUTS_DIR=str(outputs_dir),
-                    PYTHONUNBUFFERED="1", MPLBACKEND="Agg", **(env or {}))
+                    PYTHONUNBUFFERED="1", MPLBACKEND="Agg", OMP_NUM_THREADS="1")
+    full_env.update(env or {})
     result = subprocess.run([sys.executable, str(REPO_DIR / script), *args], cwd=REPO_DIR,
                             env=full_env, capture_output=True, text=True, encoding="utf-8",
                             timeout=timeout)

@@ -136,6 +136,70 @@ def test_missing_story_without_network_gives_a_clear_message(tmp_path):
 
 # ---- chapters 3-4 (h-s) ----
 
+# What each script must print: the book's seeded values (h-m, o-s) and sizes.
+CH03_04_EXPECTED = {
+    "h_self_attention.py": ["Attention scores for x^2: tensor([0.9544, 1.4950, 1.4754, 0.8434, 0.7070, 1.0865])",
+                            "Attention weights (torch.softmax): tensor([0.1385, 0.2379, 0.2333, 0.1240, 0.1082, 0.1581])",
+                            "Context vector z^2: tensor([0.4419, 0.6515, 0.5683])",
+                            "[0.4421, 0.5931, 0.5790]"],
+    "i_compact_self_attention.py": ["query_2: tensor([0.4306, 1.4551])",
+                                    "Attention score omega_22: tensor(1.8524)",
+                                    "Context vector z^2: tensor([0.3061, 0.8210])",
+                                    "[[0.2996, 0.8053],\n        [0.3061, 0.8210]"],
+    "j_linear_self_attention.py": ["[[-0.0739,  0.0713],", "[0.5517, 0.4483, 0.0000",
+                                   "[0.4656, 0.1723,   -inf", "[[2., 2., 0., 2., 2., 0.],",
+                                   "[0.7599, 0.6194, 0.6206, 0.0000"],
+    "k_causal_attention.py": ["batch.shape: torch.Size([2, 6, 3])", "[[[-0.4519,  0.2216],",
+                              "[-0.5299, -0.1081]]], grad_fn", "context_vecs.shape: torch.Size([2, 6, 2])"],
+    "l_multi_head_attention.py": ["[[[-0.4519,  0.2216,  0.4772,  0.1063],",
+                                  "context_vecs.shape: torch.Size([2, 6, 4])", "[[[-0.5740,  0.2216],"],
+    "m_efficient_multi_head_attention.py": ["[[[[1.3208, 1.1631, 1.2879],", "[[[0.3190, 0.4858],",
+                                            "[0.2575, 0.4028]]], grad_fn",
+                                            "GPT-2-sized MultiHeadAttention: 2,360,064 parameters"],
+    "n_dummy_gpt_model.py": ["vocab_size: 50257\n", "(trf_blocks): Sequential(",
+                             "(out_head): Linear(in_features=768, out_features=50257, bias=False)"],
+    "o_use_dummy_gpt_model.py": ["tensor([[6109, 3626, 6100,  345],\n        [6109, 1110, 6622,  257]])",
+                                 "Output shape: torch.Size([2, 4, 50257])",
+                                 "[[[-1.2034,  0.3201, -0.7130,  ..., -1.5548, -0.2390, -0.4667],"],
+    "p_layernorm_gelu_feedforward.py": ["[[0.2260, 0.3470, 0.0000, 0.2216, 0.0000, 0.0000],",
+                                        "Variance:\n tensor([[0.0231],\n        [0.0398]]",
+                                        "LayerNorm variance:\n tensor([[1.0000],\n        [1.0000]]",
+                                        "FeedForward output shape: torch.Size([2, 3, 768])"],
+    "q_shortcut_dnn.py": ["layers.0.0.weight has gradient mean of 0.000201735",
+                          "layers.4.0.weight has gradient mean of 0.0050496",
+                          "layers.0.0.weight has gradient mean of 0.221697",
+                          "layers.4.0.weight has gradient mean of 1.325854"],
+    "r_transformer_block.py": ["Input shape: torch.Size([2, 4, 768])\nOutput shape: torch.Size([2, 4, 768])",
+                               "feed forward 4,722,432, attention 2,360,064"],
+    "s_gpt_model.py": ["[[[ 0.3613,  0.4222, -0.0711,  ...,  0.3483,  0.4661, -0.2838],",
+                       "Total number of parameters: 163,009,536\n",
+                       "Number of trainable parameters considering weight tying: 124,412,160\n",
+                       "Total size of the model: 621.83 MB\n",
+                       "encoded: [15496, 11, 314, 716]\n",
+                       "Output length: 10\nHello, I am Featureiman Byeswickattribute argue\n",
+                       "gpt2-medium (355M): 406,212,608 parameters, 354,749,440 with weight tying, 1549.58 MB",
+                       "gpt2-large (774M): 838,220,800 parameters, 773,891,840 with weight tying, 3197.56 MB",
+                       "gpt2-xl (1558M): 1,637,792,000 parameters, 1,557,380,800 with weight tying, 6247.68 MB"],
+}
+
+
+@pytest.mark.parametrize("script", list(CH03_04_EXPECTED))
+def test_chapters_3_4_scripts(script, tmp_path, request):
+    if script in ("o_use_dummy_gpt_model.py", "s_gpt_model.py"):
+        request.getfixturevalue("gpt2_tokenizer")  # skips when the GPT-2 encoding cannot load
+    outputs_dir = tmp_path / "outputs"
+    # One thread: these tensors are small, and on a busy machine syncing threads costs far more than it saves.
+    out = run_script(script, data_dir=tmp_path / "data", outputs_dir=outputs_dir,
+                     env={"OMP_NUM_THREADS": "1"}).stdout
+    for expected in CH03_04_EXPECTED[script]:
+        assert expected in out, f"{expected!r} not printed by {script}"
+    if script == "p_layernorm_gelu_feedforward.py":
+        assert (outputs_dir / "gelu_vs_relu.png").read_bytes()[:4] == b"\x89PNG"
+    if script == "s_gpt_model.py":  # the book's greedy continuation of "Hello, I am", on CPU
+        ids = re.search(r"Output: tensor\(\[\[([\d,\s]+)\]\]\)", out)[1]
+        assert [int(i) for i in ids.split(",")] == [15496, 11, 314, 716, 27018, 24086, 47843, 30961, 42348, 7267]
+
+
 # ---- chapter 5 (t, u, v, gpt_download) ----
 
 # ---- chapter 6 (w) ----

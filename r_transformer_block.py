@@ -1,0 +1,77 @@
+"""TransformerBlock: attention and feed forward with pre-LayerNorm and shortcuts (section 4.5).
+
+Run: python r_transformer_block.py
+"""
+
+import torch
+import torch.nn as nn
+
+from gpt_download import run_main
+from m_efficient_multi_head_attention import (FastMultiHeadAttention, MultiHeadAttention,
+                                              multi_head_attention_with_cache)
+from n_dummy_gpt_model import GPT_CONFIG_124M
+from p_layernorm_gelu_feedforward import FeedForward, LayerNorm
+
+
+# The attention a config can ask for with its optional "attention" key (default: the book's).
+ATTENTION_CLASSES = {"book": MultiHeadAttention, "fast": FastMultiHeadAttention}
+
+
+def attention_class(cfg):
+    name = cfg.get("attention", "book")
+    if name not in ATTENTION_CLASSES:
+        raise ValueError(f"unknown attention {name!r} in the model config; use one of "
+                         f"{', '.join(map(repr, ATTENTION_CLASSES))}")
+    return ATTENTION_CLASSES[name]
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.att = attention_class(cfg)(
+            d_in=cfg["emb_dim"],
+            d_out=cfg["emb_dim"],
+            context_length=cfg["context_length"],
+            num_heads=cfg["n_heads"],
+            dropout=cfg["drop_rate"],
+            qkv_bias=cfg["qkv_bias"])
+        self.ff = FeedForward(cfg)
+        self.norm1 = LayerNorm(cfg["emb_dim"])
+        self.norm2 = LayerNorm(cfg["emb_dim"])
+        self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
+
+    def forward(self, x, kv_cache=None):
+        shortcut = x
+        x = self.norm1(x)  # pre-LayerNorm: normalise before the sublayer, as GPT-2 does
+        if kv_cache is None:
+            x = self.att(x)
+        elif isinstance(self.att, MultiHeadAttention):
+            x = multi_head_attention_with_cache(self.att, x, kv_cache)
+        else:
+            x = self.att(x, kv_cache)
+        x = self.drop_shortcut(x)
+        x = x + shortcut
+
+        shortcut = x
+        x = self.norm2(x)
+        x = self.ff(x)
+        x = self.drop_shortcut(x)
+        return x + shortcut
+
+
+def main():
+    torch.manual_seed(123)
+    x = torch.rand(2, 4, 768)  # (batch, tokens, emb_dim)
+    block = TransformerBlock(GPT_CONFIG_124M)
+    output = block(x)
+    print("Input shape:", x.shape)
+    print("Output shape:", output.shape)  # unchanged, so blocks can be stacked
+
+    # Exercise 4.1: the feed forward module holds about twice the attention module's parameters.
+    ff_params = sum(p.numel() for p in block.ff.parameters())
+    att_params = sum(p.numel() for p in block.att.parameters())
+    print(f"\nExercise 4.1, parameters in one block: feed forward {ff_params:,}, attention {att_params:,}")
+
+
+if __name__ == "__main__":
+    run_main(main)
