@@ -164,15 +164,20 @@ def download_and_load_gpt2(model_size, models_dir=None, source="tf"):
         raise ValueError(f'source must be "tf" or "safetensors", not {source!r}')
     model_dir = Path(models_dir if models_dir is not None else DATA_DIR / "gpt2") / model_size
 
+    if source == "tf":
+        _import_tensorflow()  # fail before a download of up to 6 GB that could not be read
+        files, url, backup = GPT2_FILES, f"{GPT2_URL}/{model_size}", f"{GPT2_BACKUP_URL}/{model_size}"
+    else:
+        files, url, backup = HF_FILES, f"{HF_URL}/{HF_REPOS[model_size]}/resolve/main", None
+    for name in files:
+        try:
+            download_file(f"{url}/{name}", model_dir / name, backup_url=f"{backup}/{name}" if backup else None)
+        except DownloadError as error:
+            raise DownloadError(f"{error}\nGPT-2 {model_size} ({source}) needs all of these files in "
+                                f"{model_dir}: {', '.join(files)}, from {url}/<file>") from error
     if source == "safetensors":
-        for name in HF_FILES:
-            download_file(f"{HF_URL}/{HF_REPOS[model_size]}/resolve/main/{name}", model_dir / name)
         return load_gpt2_params_from_safetensors(model_dir)
 
-    _import_tensorflow()  # fail before a download of up to 6 GB that could not be read
-    for name in GPT2_FILES:
-        download_file(f"{GPT2_URL}/{model_size}/{name}", model_dir / name,
-                      backup_url=f"{GPT2_BACKUP_URL}/{model_size}/{name}")
     settings = _read_json(model_dir / "hparams.json")
     tf = _import_tensorflow()
     ckpt_path = tf.train.latest_checkpoint(str(model_dir))  # "checkpoint" names the model.ckpt files
@@ -205,8 +210,10 @@ def load_gpt2_params_from_tf_ckpt(ckpt_path, settings):
     params = {"blocks": [{} for _ in range(settings["n_layer"])]}
     try:
         reader = tf.train.load_checkpoint(str(ckpt_path))
-        for name in sorted(reader.get_variable_to_shape_map()):
-            _add_param(params, name, reader.get_tensor(name), ckpt_path)
+        names = sorted(reader.get_variable_to_shape_map())
+        _check_variable_names(names, settings, ckpt_path)
+        for name in names:
+            _add_param(params, name, reader.get_tensor(name))
     except tf.errors.OpError as error:
         raise ScriptError(f"could not read the TensorFlow checkpoint {ckpt_path} ({error.message}); "
                           f"delete its folder and download it again") from error
@@ -225,12 +232,15 @@ def load_gpt2_params_from_safetensors(model_dir):
     params = {"blocks": [{} for _ in range(settings["n_layer"])]}
     path = model_dir / "model.safetensors"
     try:
-        # safe_open maps the file and reads one tensor at a time, so the file is never in memory twice.
+        # safe_open maps the file and reads one tensor at a time instead of loading it whole.
         with safe_open(str(path), framework="np") as file:
-            for key in sorted(file.keys()):
-                name = _tf_name_of_hf_key(key)
-                if name is not None:
-                    _add_param(params, name, file.get_tensor(key), path)
+            names = {}  # OpenAI's name -> Hugging Face's key, for the tensors that are weights
+            for key in file.keys():
+                if _tf_name_of_hf_key(key) is not None:
+                    names[_tf_name_of_hf_key(key)] = key
+            _check_variable_names(names, settings, path)
+            for name in sorted(names):
+                _add_param(params, name, file.get_tensor(names[name]))
     except (SafetensorError, OSError) as error:
         raise ScriptError(f"could not read {path} ({error}); delete it and download it again") from error
     return settings, params
@@ -253,17 +263,29 @@ def _tf_name_of_hf_key(key):
     return "model/" + "/".join(parts)
 
 
-def _add_param(params, name, array, source):
+def _check_variable_names(names, settings, source):
+    """Refuse files that are not the GPT-2 their settings describe (mixed sizes, another model)."""
+    expected = {"model/wte", "model/wpe", "model/ln_f/g", "model/ln_f/b"}
+    for i in range(settings["n_layer"]):
+        expected.update(f"model/h{i}/{layer}/{p}" for layer in ("attn/c_attn", "attn/c_proj", "mlp/c_fc",
+                                                                 "mlp/c_proj") for p in "wb")
+        expected.update(f"model/h{i}/{norm}/{p}" for norm in ("ln_1", "ln_2") for p in "gb")
+    missing, unexpected = sorted(expected - set(names)), sorted(set(names) - expected)
+    if missing or unexpected:
+        problems = ([f"lacks {', '.join(missing[:3])}"] if missing else []) + \
+                   ([f"has no place for {', '.join(unexpected[:3])}"] if unexpected else [])
+        raise ScriptError(f"{source} is not the GPT-2 that its settings describe (n_layer "
+                          f"{settings['n_layer']}): it {' and '.join(problems)}. Are the files from "
+                          f"different model sizes? Delete the folder and download it again")
+
+
+def _add_param(params, name, array):
     """Put OpenAI's variable `name` where the book's params dict keeps it:
     "model/h0/attn/c_attn/w" -> params["blocks"][0]["attn"]["c_attn"]["w"],
     "model/ln_f/g" -> params["g"], "model/wte" -> params["wte"]."""
     parts = name.split("/")[1:]  # drop the "model" scope
-    if parts[0].startswith("h") and parts[0][1:].isdigit():
-        layer = int(parts[0][1:])
-        if layer >= len(params["blocks"]):
-            raise ScriptError(f"{source} holds {name}, but its settings say n_layer "
-                              f"{len(params['blocks'])}; are the files from different model sizes?")
-        target, parts = params["blocks"][layer], parts[1:]
+    if parts[0].startswith("h"):
+        target, parts = params["blocks"][int(parts[0][1:])], parts[1:]
     else:
         target, parts = params, parts[-1:]
     for key in parts[:-1]:

@@ -8,6 +8,11 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
+
+# One thread for the whole suite: the test models are tiny, and on a small busy machine syncing
+# threads costs far more than it saves (and results do not depend on the machine's core count).
+torch.set_num_threads(1)
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_DIR))  # the lettered scripts are imported as modules

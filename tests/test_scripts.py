@@ -202,8 +202,295 @@ def test_chapters_3_4_scripts(script, tmp_path, request):
 
 # ---- chapter 5 (t, u, v, gpt_download) ----
 
+# A stand-in for the-verdict.txt, longer than the 3,000 characters u --quick reads.
+CH05_STORY = " ".join(f"Day {i}: the painter put down his brush, and we looked at the picture on the "
+                      "wall for a long time without a word." for i in range(30))
+
+
+def test_t_pretraining_basics(tmp_path, gpt2_tokenizer):
+    # The untrained model's output holds an Arabic letter: ask for UTF-8 whatever the platform.
+    out = run_script("t_pretraining_basics.py", data_dir=tmp_path / "data", outputs_dir=tmp_path / "outputs",
+                     env={"PYTHONIOENCODING": "utf-8"}).stdout
+    assert "Output text:\n Every effort moves you rentingetic wasnم refres RexMeCHicular stren\n" in out
+    assert "Targets batch 1:  effort moves you\nOutputs batch 1:  Armed heNetflix\n" in out
+    assert "Cross entropy loss: tensor(10.7940)\n" in out  # the book's values, seed 123
+    assert re.search(r"Perplexity: tensor\(4872[5-6]\.\d+\)\n", out)
+
+
+def test_u_pretraining_quick(tmp_path, gpt2_tokenizer):
+    data_dir, outputs_dir = tmp_path / "data", tmp_path / "outputs"
+    data_dir.mkdir()
+    (data_dir / "the-verdict.txt").write_text(CH05_STORY, encoding="utf-8")
+    out = run_script("u_pretraining.py", "--quick", "--appendix-d", "--device", "cpu",
+                     data_dir=data_dir, outputs_dir=outputs_dir).stdout
+    assert "Characters: 3000\n" in out
+    assert re.search(r"^Ep 1 \(Step 000000\): Train loss \d+\.\d{3}, Val loss \d+\.\d{3}$", out, re.M)
+    assert re.search(r"^Ep 2 \(Step 0000\d\d\): Train loss \d+\.\d{3}", out, re.M)
+    assert re.search(r"^Ep 1 \(Iter 000000\): Train loss \d+\.\d{3}", out, re.M)
+    # The toy-vocabulary demos do not depend on the model: they print the book's numbers.
+    assert "73 x closer\n0 x every\n0 x effort\n582 x forward\n2 x inches\n0 x moves\n0 x pizza\n343 x toward\n" in out
+    assert ("Top-k probabilities: tensor([0.0615, 0.0000, 0.0000, 0.5775, 0.0000, 0.0000, 0.0000, "
+            "0.3610, 0.0000])") in out
+    assert "The reloaded model gives the same logits: True" in out
+    for name in ("loss-plot.png", "temperature-plot.png", "lr-schedule.png", "loss-plot-appendix-d.png"):
+        assert (outputs_dir / name).read_bytes()[:4] == b"\x89PNG"
+
+    from u_pretraining import QUICK_CONFIG, load_checkpoint
+    checkpoint = load_checkpoint(outputs_dir / "model_and_optimizer.pth")
+    assert checkpoint["config"] == QUICK_CONFIG and "optimizer_state_dict" in checkpoint
+
+
+def test_u_pretraining_text_too_short(tmp_path, gpt2_tokenizer):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "the-verdict.txt").write_text("Far too short to train on.", encoding="utf-8")
+    result = run_script("u_pretraining.py", "--quick", data_dir=data_dir, outputs_dir=tmp_path / "outputs",
+                        check=False)
+    assert result.returncode == 1
+    assert "too few for one window of context_length=32" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_v_load_gpt2_weights(tmp_path, gpt2_tokenizer):
+    # A tiny GPT-2 in OpenAI's TensorFlow format where v looks by default: data/gpt2/124M.
+    from test_ch05_weights import openai_variables, write_openai_checkpoint
+
+    hparams = {"n_vocab": 50257, "n_ctx": 32, "n_embd": 16, "n_head": 2, "n_layer": 2}
+    write_openai_checkpoint(tmp_path / "data" / "gpt2" / "124M", hparams, openai_variables(hparams))
+    dirs = dict(data_dir=tmp_path / "data", outputs_dir=tmp_path / "outputs")
+    out = run_script("v_load_gpt2_weights.py", "--device", "cpu", **dirs).stdout
+    assert f"Settings: {hparams}" in out
+    assert "Token embedding weight tensor dimensions: (50257, 16)" in out
+    assert "not the published gpt2-small (124M)" in out
+    assert "Output text:\n Every effort moves you" in out
+    assert "The book prints" not in out  # only for the real 124M weights
+
+    out = run_script("v_load_gpt2_weights.py", "--quick", "--device", "cpu", **dirs).stdout
+    assert "tiny randomly initialised model" in out and "Output text:\n Every effort moves you" in out
+
 # ---- chapter 6 (w) ----
+
+import zipfile  # noqa: E402
+
+
+def sms_spam_zip(path, num_ham=60, num_spam=30):
+    """A small stand-in for the UCI zip: SMS-like ham and spam lines that are easy to tell apart."""
+    ham = ["Are we still meeting for lunch at {}?", "Ok, I'll call you when I get home around {}.",
+           "Can you pick up some milk on the way back? Thanks, see you at {}"]
+    spam = ["WINNER!! You have won a {} prize. Call 09061701461 now to claim, T&C apply",
+            "URGENT! Your mobile number has won {} cash. Text CLAIM to 81010 to collect"]
+    lines = [f"ham\t{ham[i % 3].format(i)}" for i in range(num_ham)]
+    lines += [f"spam\t{spam[i % 2].format(i * 100)}" for i in range(num_spam)]
+    lines = [lines[i] for i in sorted(range(len(lines)), key=lambda i: (i * 37) % len(lines))]
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("SMSSpamCollection", "\n".join(lines) + "\n")
+        archive.writestr("readme", "SMS Spam Collection v.1 (test stand-in)\n")
+    return path
+
+
+def test_w_finetune_classifier_quick(tmp_path):
+    data_dir, outputs_dir = tmp_path / "data", tmp_path / "outputs"
+    data_dir.mkdir()
+    sms_spam_zip(data_dir / "sms_spam_collection.zip")
+    out = run_script("w_finetune_classifier.py", "--quick", data_dir=data_dir,
+                     outputs_dir=outputs_dir).stdout
+    assert (data_dir / "sms_spam_collection" / "SMSSpamCollection.tsv").exists()  # extracted, renamed
+    assert re.search(r"Labels in the full dataset:\nLabel\nham\s+60\nspam\s+30\n", out)
+    assert re.search(r"Labels in the balanced dataset:\nLabel\nham\s+30\nspam\s+30\n", out)
+    assert "Split sizes: train 42, validation 6, test 12" in out
+    assert len((data_dir / "train.csv").read_text(encoding="utf-8").splitlines()) == 1 + 42
+    assert "Padding token: [50256]" in out
+    assert "Input batch dimensions: torch.Size([8, 25])" in out  # the longest training text
+    assert "5 training batches\n1 validation batches\n2 test batches" in out
+    assert "Trainable parameters: 12,834 of 1,637,858" in out
+    assert "Outputs dimensions: torch.Size([1, 4, 2])" in out
+    assert "Ep 1 (Step 000000): Train loss" in out
+    assert re.search(r"Test accuracy: \d+\.\d\d%", out)
+    assert re.search(r"-> (spam|not spam)\n", out)
+    assert "same predictions: True" in out
+    for name in ("loss-plot.png", "accuracy-plot.png"):
+        assert (outputs_dir / name).read_bytes()[:4] == b"\x89PNG"
+    import torch
+    checkpoint = torch.load(outputs_dir / "review_classifier.pth", weights_only=True)
+    assert checkpoint["num_classes"] == 2 and checkpoint["max_length"] == 25
+    assert checkpoint["model_state_dict"]["out_head.weight"].shape == (2, 32)
+
+
+def test_w_finetune_classifier_offline_gives_a_clear_message(tmp_path):
+    with socket.socket() as sock:  # a local port nobody listens on stands in for "no network"
+        sock.bind(("127.0.0.1", 0))
+        dead_proxy = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    env = {name: dead_proxy for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")}
+    env.update(no_proxy="", NO_PROXY="")
+    data_dir = tmp_path / "data"
+    result = run_script("w_finetune_classifier.py", "--quick", data_dir=data_dir,
+                        outputs_dir=tmp_path / "outputs", check=False, timeout=60, env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: could not download sms_spam_collection.zip")
+    assert "archive.ics.uci.edu" in result.stderr and "backblazeb2.com" in result.stderr
+    assert f"put it at {data_dir / 'sms_spam_collection.zip'}" in result.stderr
 
 # ---- chapter 7 (x) ----
 
+import json  # noqa: E402
+
+# Twelve entries in the format of instruction-data.json: the split gives 10 / 1 / 1.
+CH07_ENTRIES = [
+    {"instruction": "Convert the sentence to passive voice.", "input": "The cat chased the mouse.",
+     "output": "The mouse was chased by the cat."},
+    {"instruction": "What is the capital of France?", "input": "", "output": "The capital of France is Paris."},
+    {"instruction": "Give a synonym for 'happy'.", "input": "", "output": "A synonym for 'happy' is 'joyful'."},
+    {"instruction": "Translate to Spanish.", "input": "Good morning", "output": "Buenos días"},
+    {"instruction": "What is 7 times 6?", "input": "", "output": "7 times 6 is 42."},
+    {"instruction": "Correct the spelling.", "input": "recieve", "output": "The correct spelling is 'receive'."},
+    {"instruction": "Name the largest planet.", "input": "", "output": "The largest planet is Jupiter."},
+    {"instruction": "Make the sentence shorter.", "input": "He went to the store in order to buy some bread.",
+     "output": "He went to the store to buy bread."},
+    {"instruction": "What is the boiling point of water?", "input": "",
+     "output": "Water boils at 100 degrees Celsius at sea level."},
+    {"instruction": "Give the plural of 'child'.", "input": "", "output": "The plural of 'child' is 'children'."},
+    {"instruction": "Classify the animal.", "input": "Shark", "output": "A shark is a fish."},
+    {"instruction": "What is the opposite of 'hot'?", "input": "", "output": "The opposite of 'hot' is 'cold'."},
+]
+
+
+def test_x_finetune_instructions_quick_without_ollama(tmp_path):
+    data_dir, outputs_dir = tmp_path / "data", tmp_path / "outputs"
+    data_dir.mkdir()
+    (data_dir / "instruction-data.json").write_text(json.dumps(CH07_ENTRIES, indent=4), encoding="utf-8")
+    with socket.socket() as sock:  # a local port nobody listens on: no Ollama server
+        sock.bind(("127.0.0.1", 0))
+        ollama_url = f"http://127.0.0.1:{sock.getsockname()[1]}/api/chat"
+    out = run_script("x_finetune_instructions.py", "--quick", "--device", "cpu", "--ollama-url", ollama_url,
+                     data_dir=data_dir, outputs_dir=outputs_dir).stdout
+    assert "Number of entries: 12\n" in out
+    assert ("Entry 0 in the Alpaca prompt style:\nBelow is an instruction that describes a task. Write a "
+            "response that appropriately completes the request.\n\n### Instruction:\nConvert the sentence "
+            "to passive voice.\n\n### Input:\nThe cat chased the mouse.\n\n### Response:\n"
+            "The mouse was chased by the cat.\n") in out
+    assert "Training set length: 10\nValidation set length: 1\nTest set length: 1\n" in out
+    assert "[    6, 50256,  -100,  -100,  -100]" in out  # the collate function on the book's example
+    assert "loss_1: tensor(1.1269)\n" in out and "loss_1 == loss_3: tensor(True)\n" in out
+    assert re.search(r"Train loader:\ntorch.Size\(\[8, \d+\]\) torch.Size\(\[8, \d+\]\)\n"
+                     r"\.\.\. 1 training batches of 8", out)
+    assert "note: --quick uses a tiny randomly initialised model" in out
+    assert "### Instruction:\nWhat is the opposite of 'hot'?\n\nBefore fine-tuning" in out  # val_data[0]
+    assert re.search(r"Training loss: \d+\.\d+\nValidation loss: \d+\.\d+\n", out)
+    assert "Ep 1 (Step 000000): Train loss" in out
+    assert "Correct response:\n>> A shark is a fish.\n" in out  # test_data[0]
+    assert f"Skipping the scoring: no Ollama server answers at {ollama_url}" in out
+    assert "`ollama serve`" in out and "`ollama pull llama3`" in out and "--score-only" in out
+
+    responses = json.loads((outputs_dir / "instruction-data-with-response.json").read_text(encoding="utf-8"))
+    assert len(responses) == 1 and isinstance(responses[0].pop("model_response"), str)
+    assert responses == CH07_ENTRIES[10:11]
+    assert (outputs_dir / "instruction-finetuning-losses.png").read_bytes()[:4] == b"\x89PNG"
+    import torch
+    checkpoint = torch.load(outputs_dir / "quick-random-sft.pth", weights_only=True)
+    assert checkpoint["config"]["emb_dim"] == 32 and checkpoint["config"]["context_length"] == 128
+    assert checkpoint["model_state_dict"]["out_head.weight"].shape == (50257, 32)
+
+
+def test_x_finetune_instructions_score_only(tmp_path, local_server):
+    # A stand-in for Ollama's /api/chat: every reply streams "85" as two JSON lines.
+    lines = [{"model": "llama3", "message": {"role": "assistant", "content": piece}, "done": False}
+             for piece in ("8", "5")] + [{"model": "llama3", "message": {"role": "assistant", "content": ""},
+                                           "done": True}]
+    url = local_server.add("/api/chat", "".join(json.dumps(line) + "\n" for line in lines),
+                           content_type="application/x-ndjson")
+    responses_path = tmp_path / "responses.json"
+    responses = [{**entry, "model_response": entry["output"]} for entry in CH07_ENTRIES[:2]]
+    responses_path.write_text(json.dumps(responses), encoding="utf-8")
+    out = run_script("x_finetune_instructions.py", "--score-only", str(responses_path), "--ollama-url", url,
+                     data_dir=tmp_path / "data", outputs_dir=tmp_path / "outputs").stdout
+    assert f"Scoring the 2 responses in {responses_path} with llama3 at {url}" in out
+    assert "Dataset response:\n>> The mouse was chased by the cat.\n" in out
+    assert "Score:\n>> 85\n" in out
+    assert "Number of scores: 2 of 2\nAverage score: 85.00\n" in out
+    assert local_server.requests == ["/"] + ["/api/chat"] * 4  # 2 free-form answers, then 2 scores
+    assert not (tmp_path / "outputs").exists()  # no training, nothing written
+
 # ---- appendices A and E (y, z) ----
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from conftest import REPO_DIR  # noqa: E402
+
+# The book's loss after each of the six steps of appendix A's training loop.
+APPENDIX_A_LOSSES = "".join(f"Epoch: {epoch:03d}/003 | Batch {batch:03d}/002 | Train Loss: {loss}\n"
+                            for (epoch, batch), loss in zip([(e, b) for e in (1, 2, 3) for b in (0, 1)],
+                                                            ["0.75", "0.65", "0.44", "0.13", "0.03", "0.00"]))
+
+
+def test_y_neural_network_basics(tmp_path):
+    outputs_dir = tmp_path / "outputs"
+    out = run_script("y_neural_network_basics.py", "--device", "cpu", data_dir=tmp_path / "data",
+                     outputs_dir=outputs_dir, env={"OMP_NUM_THREADS": "1"}).stdout
+    assert "tensor3d: ndim 3, shape (2, 2, 2)" in out and "dtype of integers: torch.int64" in out
+    assert "torch.autograd.grad: grad L_w1 = -0.0898, grad L_b = -0.0817\n" in out
+    assert "loss.backward():     w1.grad = -0.0898, b.grad = -0.0817\n" in out
+    assert "by hand:             (a - y) * x1 = -0.0898, (a - y) = -0.0817\n" in out
+    assert "Total number of trainable model parameters: 2213\n" in out
+    assert "logits for a random input: tensor([[-0.1262,  0.1080, -0.1792]], grad_fn=<AddmmBackward0>)" in out
+    assert "class-membership probabilities: tensor([[0.3113, 0.3934, 0.2952]])" in out
+    assert "Batch 3: tensor([[ 2.7000, -1.5000]]) tensor([1])" in out  # before drop_last
+    assert APPENDIX_A_LOSSES in out
+    assert "Total number of trainable model parameters: 752\n" in out
+    assert "[0.9991, 0.0009]" in out and "predictions: tensor([0, 0, 0, 1, 1])" in out
+    assert "Training accuracy: 1.00 | Test accuracy: 1.00\n" in out
+    assert "the reloaded model gives the same outputs: True" in out
+    assert (outputs_dir / "model.pth").exists()
+    assert "torchrun --nproc_per_node=2 y_neural_network_basics.py --ddp" in out
+
+    out = run_script("y_neural_network_basics.py", "--quick", "--device", "cpu", data_dir=tmp_path / "data",
+                     outputs_dir=outputs_dir, env={"OMP_NUM_THREADS": "1"}).stdout
+    assert "A.2 tensors" not in out and "Batch 1:" not in out  # the walk-through parts are skipped
+    assert APPENDIX_A_LOSSES in out and "Training accuracy: 1.00 | Test accuracy: 1.00\n" in out
+
+
+def test_y_ddp_with_torchrun_on_cpu(tmp_path):
+    # The reader's command, `torchrun --nproc_per_node=2 y_neural_network_basics.py --ddp`, as a module
+    # run of the same Python; --standalone lets torchrun pick a free port.
+    outputs_dir = tmp_path / "outputs"
+    env = dict(os.environ, LLM_OUTPUTS_DIR=str(outputs_dir), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(REPO_DIR / "y_neural_network_basics.py"), "--ddp", "--device", "cpu"],
+        cwd=REPO_DIR, env=env, capture_output=True, text=True, encoding="utf-8", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for rank in (0, 1):
+        assert f"[rank {rank}] Epoch: 003/003 | Batch 000/001 | Train Loss: " in out  # 3 samples per rank
+        assert f"[rank {rank}] Training accuracy: 1.00 | Test accuracy: 1.00\n" in out
+    assert "[rank 0] saved" in out and "(2 processes, backend gloo)" in out and "[rank 1] saved" not in out
+    assert [p.name for p in outputs_dir.iterdir()] == ["model_ddp.pth"]
+
+
+def test_z_lora_quick(tmp_path):
+    import torch
+
+    data_dir, outputs_dir = tmp_path / "data", tmp_path / "outputs"
+    data_dir.mkdir()
+    sms_spam_zip(data_dir / "sms_spam_collection.zip")  # 60 ham, 30 spam: 42 / 6 / 12 after balancing
+    out = run_script("z_lora.py", "--quick", "--device", "cpu", data_dir=data_dir, outputs_dir=outputs_dir,
+                     env={"OMP_NUM_THREADS": "1"}).stdout
+    assert "--quick: the first 80 examples of each split" in out
+    assert "5 training batches, 1 validation batches, 2 test batches (of 8 messages, 25 tokens)" in out
+    assert "note: --quick uses a tiny randomly initialised model" in out
+    assert "Total parameters of the classifier: 1,637,858" in out
+    assert "Total trainable parameters after freezing: 0\n" in out
+    # rank 16 on the tiny model: 2 blocks x (3 x 64 + 64 + 2 x 160) x 16 + (32 + 2) x 16
+    assert "Total trainable LoRA parameters: 18,976 (rank 16, alpha 16, scaling alpha = 16)" in out
+    assert "(W_query): LinearWithLoRA(" in out
+    assert "Ep 1 (Step 000000): Train loss" in out
+    assert re.search(r"After fine-tuning \(all batches\):\nTraining accuracy: \d+\.\d\d%\n"
+                     r"Validation accuracy: \d+\.\d\d%\nTest accuracy: \d+\.\d\d%\n", out)
+    assert "1,637,858 parameters, no LinearWithLoRA left: True" in out
+    assert "same predictions: True" in out and "same logits: True" in out
+    assert (outputs_dir / "lora-loss-plot.png").read_bytes()[:4] == b"\x89PNG"
+    checkpoint = torch.load(outputs_dir / "review_classifier_lora.pth", weights_only=True)
+    assert checkpoint["num_classes"] == 2 and checkpoint["lora_rank"] == 16 and checkpoint["max_length"] == 25
+    assert not any("lora" in key for key in checkpoint["model_state_dict"])  # merged: plain Linear layers
+    assert checkpoint["model_state_dict"]["out_head.weight"].shape == (2, 32)

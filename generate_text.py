@@ -1,0 +1,161 @@
+"""Generate text from any GPT checkpoint this project writes, printing tokens as they come.
+
+Works with train_own_text.py's checkpoints (their own tokenizer is stored inside),
+u_pretraining.py's outputs/model_and_optimizer.pth (GPT-2 tokenizer) and chapter 7's
+instruction-tuned *-sft.pth (the prompt is put into the Alpaca template). Chapter 6's spam
+classifier answers "spam" / "not spam" instead of predicting tokens, so it cannot generate.
+
+Run: python generate_text.py "ROMEO:" --checkpoint outputs/own_text.pth --max-new-tokens 300
+     python generate_text.py "Every effort moves you" --checkpoint outputs/model_and_optimizer.pth
+     python generate_text.py "Rewrite the sentence using a simile: The car is very fast." \
+         --checkpoint outputs/gpt2-medium355M-sft.pth --temperature 0
+"""
+
+import argparse
+import codecs
+import sys
+from pathlib import Path
+
+import torch
+
+from gpt_download import OUTPUTS_DIR, ScriptError, get_device, run_main
+from own_tokenizers import ENDOFTEXT, CharTokenizer, tokenizer_from_dict
+from u_pretraining import generate, load_checkpoint, model_from_checkpoint
+
+DEFAULT_CHECKPOINT = OUTPUTS_DIR / "own_text.pth"
+GPT2_VOCAB_SIZE = 50257
+
+
+def checkpoint_tokenizer(checkpoint, path):
+    """The tokenizer a checkpoint was trained with: stored inside (train_own_text.py), else GPT-2's."""
+    if "tokenizer" in checkpoint:
+        return tokenizer_from_dict(checkpoint["tokenizer"])
+    if checkpoint["config"].get("vocab_size") == GPT2_VOCAB_SIZE:
+        from d_tokenizer import get_gpt2_tokenizer
+        return get_gpt2_tokenizer()
+    vocab_size = checkpoint["config"].get("vocab_size")
+    raise ScriptError(f"{path} stores no tokenizer and its vocabulary ({vocab_size} tokens) is not "
+                      "GPT-2's, so its token ids cannot be turned into text")
+
+
+def check_can_generate(checkpoint, path):
+    """Chapter 6's classifier replaced the output layer (vocab_size logits) by a 2-class head."""
+    out_head = checkpoint["model_state_dict"].get("out_head.weight")
+    vocab_size = checkpoint["config"].get("vocab_size")
+    if "num_classes" in checkpoint or (out_head is not None and out_head.shape[0] != vocab_size):
+        num_classes = checkpoint.get("num_classes", None if out_head is None else out_head.shape[0])
+        raise ScriptError(
+            f"{path} is a classifier: its output layer scores {num_classes} classes, not the next "
+            f"token among {vocab_size}, so it cannot generate text. Classify with it instead "
+            "(w_finetune_classifier.py's classify_review), or pick a language model checkpoint")
+
+
+def uses_alpaca_prompt(checkpoint, path, prompt_format):
+    """Chapter 7 fine-tunes on Alpaca-style prompts and saves <model>-sft.pth."""
+    if prompt_format != "auto":
+        return prompt_format == "alpaca"
+    return checkpoint.get("prompt_format") == "alpaca" or Path(path).name.endswith("-sft.pth")
+
+
+def alpaca_prompt(instruction, input_text=""):
+    from x_finetune_instructions import format_input
+    return format_input({"instruction": instruction, "input": input_text}) + "\n\n### Response:\n"
+
+
+def stream_generate(model, token_ids, tokenizer, max_new_tokens, context_size, temperature, top_k,
+                    eos_id, write):
+    """Generate one token at a time with chapter 5's generate() and write each one as soon as it is
+    known. An incremental UTF-8 decoder holds back the bytes of a character split across tokens."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    idx = token_ids
+    new_ids = []
+    for _ in range(max_new_tokens):
+        longer = generate(model, idx, max_new_tokens=1, context_size=context_size,
+                          temperature=temperature, top_k=top_k, eos_id=eos_id)
+        if longer.shape[1] == idx.shape[1]:  # generate() stops without appending at eos_id
+            break
+        idx = longer
+        new_ids.append(idx[0, -1].item())
+        write(decoder.decode(tokenizer.decode_bytes(new_ids[-1:])))
+    write(decoder.decode(b"", final=True))
+    return new_ids
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("prompt", nargs="?", default="",
+                        help="text to continue (default: start from <|endoftext|>); for an instruction "
+                             "model, the instruction")
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
+                        help="a .pth file written by this project (default outputs/own_text.pth)")
+    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--temperature", type=float, default=0.8,
+                        help="0 picks the most likely token every time; higher is more varied (default 0.8)")
+    parser.add_argument("--top-k", type=int, default=50,
+                        help="sample among the k most likely tokens only (default 50; 0 for all)")
+    parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--format", choices=["auto", "plain", "alpaca"], default="auto",
+                        help="alpaca wraps the prompt in chapter 7's instruction template; auto uses it "
+                             "for *-sft.pth checkpoints (default auto)")
+    parser.add_argument("--input", default="", help="with --format alpaca: the entry's input text")
+    parser.add_argument("--device", help="cpu, cuda or mps (default: cuda, then mps, then cpu)")
+    args = parser.parse_args(argv)
+    if args.max_new_tokens < 1:
+        parser.error("--max-new-tokens must be at least 1")
+    if args.temperature < 0:
+        parser.error("--temperature must be 0 or positive")
+    if args.top_k < 0:
+        parser.error("--top-k must be 0 (no limit) or positive")
+
+    path = Path(args.checkpoint)
+    if not path.is_file():
+        found = sorted(p.name for p in OUTPUTS_DIR.glob("*.pth")) if OUTPUTS_DIR.is_dir() else []
+        raise ScriptError(f"no checkpoint at {path}; train one with python train_own_text.py (or "
+                          "u_pretraining.py, x_finetune_instructions.py), or pass --checkpoint PATH"
+                          + (f". In {OUTPUTS_DIR}: {', '.join(found)}" if found else ""))
+    device = get_device(args.device)
+    checkpoint = load_checkpoint(path)
+    if not isinstance(checkpoint.get("config"), dict):
+        raise ScriptError(f"{path} holds no model config; it was not written by this project's "
+                          "save_checkpoint")
+    check_can_generate(checkpoint, path)
+    tokenizer = checkpoint_tokenizer(checkpoint, path)
+    alpaca = uses_alpaca_prompt(checkpoint, path, args.format)
+    del checkpoint  # model_from_checkpoint reads the file again; do not hold two copies of the weights
+    model, cfg = model_from_checkpoint(path, device)
+
+    prompt = args.prompt
+    if alpaca:
+        prompt = alpaca_prompt(args.prompt, args.input)
+    ids = tokenizer.encode(prompt, allowed_special={ENDOFTEXT}) if prompt else []
+    if not ids:
+        if tokenizer.eot_token is None:
+            raise ScriptError("give a prompt: this tokenizer has no <|endoftext|> token to start from")
+        ids = [tokenizer.eot_token]
+    if isinstance(tokenizer, CharTokenizer) and tokenizer.unk_token in ids:
+        print(f"note: {ids.count(tokenizer.unk_token)} character(s) of the prompt never appeared in the "
+              "training text and became <|unk|>", file=sys.stderr)
+    if len(ids) > cfg["context_length"]:
+        print(f"note: the prompt has {len(ids)} tokens; the model sees only the last "
+              f"{cfg['context_length']}", file=sys.stderr)
+    kind = {"CharTokenizer": "character", "BPETokenizer": "own BPE"}.get(type(tokenizer).__name__, "GPT-2")
+    print(f"[{path.name}: {sum(p.numel() for p in model.parameters()):,} parameters, {kind} tokenizer "
+          f"({tokenizer.n_vocab:,} tokens), {device}]", file=sys.stderr)
+
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")  # a console that cannot show a character shows '?'
+
+    def write(text):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    write(prompt)
+    torch.manual_seed(args.seed)
+    stream_generate(model, torch.tensor([ids], device=device), tokenizer, args.max_new_tokens,
+                    cfg["context_length"], args.temperature, args.top_k or None, tokenizer.eot_token, write)
+    write("\n")
+
+
+if __name__ == "__main__":
+    run_main(main)

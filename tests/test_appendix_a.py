@@ -1,0 +1,163 @@
+"""Appendix A: autograd against the chain rule, the toy network's training as in the book, and a
+real two-process DistributedDataParallel run on the CPU with gloo."""
+
+import math
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+import y_neural_network_basics as y_nn
+from gpt_download import ScriptError
+
+
+def sigmoid(z):
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+@pytest.mark.parametrize("y, x1, w1, b", [(1.0, 1.1, 2.2, 0.0), (0.0, -0.7, 0.3, 0.5)])
+def test_autograd_gradients_equal_the_chain_rule(y, x1, w1, b):
+    result = y_nn.logistic_regression_grads(torch.tensor([y]), torch.tensor([x1]), [w1], [b])
+    a = sigmoid(x1 * w1 + b)
+    # binary cross-entropy after a sigmoid: dL/dz = a - y, and z = x1 * w1 + b
+    assert result["a"].item() == pytest.approx(a, rel=1e-6)
+    assert result["loss"].item() == pytest.approx(-(y * math.log(a) + (1 - y) * math.log(1 - a)), rel=1e-5)
+    for key in ("grad_L_w1", "w1.grad"):
+        assert result[key].item() == pytest.approx((a - y) * x1, rel=1e-5)
+    for key in ("grad_L_b", "b.grad"):
+        assert result[key].item() == pytest.approx(a - y, rel=1e-5)
+
+
+def test_autograd_matches_the_book_numbers():
+    result = y_nn.logistic_regression_grads(torch.tensor([1.0]), torch.tensor([1.1]), [2.2], [0.0])
+    assert round(result["grad_L_w1"].item(), 4) == -0.0898
+    assert round(result["grad_L_b"].item(), 4) == -0.0817
+
+
+def test_network_size_and_seeded_outputs_match_the_book():
+    model = y_nn.NeuralNetwork(50, 3)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 2213  # 50*30+30 + 30*20+20 + 20*3+3
+    assert y_nn.NeuralNetwork(2, 2).layers[-1].out_features == 2
+    torch.manual_seed(123)
+    model = y_nn.NeuralNetwork(50, 3)
+    torch.manual_seed(123)
+    X = torch.rand((1, 50))
+    with torch.no_grad():
+        logits = model(X)
+    assert torch.allclose(logits, torch.tensor([[-0.1262, 0.1080, -0.1792]]), atol=5e-5)
+    assert torch.allclose(torch.softmax(logits, dim=1), torch.tensor([[0.3113, 0.3934, 0.2952]]), atol=5e-5)
+
+
+def make_loaders():
+    X_train, y_train, X_test, y_test = y_nn.make_toy_data()
+    train_ds, test_ds = y_nn.ToyDataset(X_train, y_train), y_nn.ToyDataset(X_test, y_test)
+    torch.manual_seed(123)
+    train_loader = DataLoader(train_ds, batch_size=2, shuffle=True, num_workers=0, drop_last=True)
+    test_loader = DataLoader(test_ds, batch_size=2, shuffle=False, num_workers=0)
+    return train_ds, train_loader, test_loader
+
+
+def test_toy_dataset_and_loader():
+    train_ds, train_loader, _ = make_loaders()
+    assert len(train_ds) == 5
+    x, label = train_ds[3]
+    assert x.tolist() == pytest.approx([2.3, -1.1]) and label.item() == 1
+    assert len(train_loader) == 2  # 5 examples in batches of 2, the odd one dropped
+    seen = [label for _, labels in train_loader for label in labels.tolist()]
+    assert len(seen) == 4 and sorted(seen) in ([0, 0, 0, 1], [0, 0, 1, 1])
+
+
+def test_compute_accuracy_counts_correct_predictions():
+    X_train, y_train, _, _ = y_nn.make_toy_data()
+    torch.manual_seed(0)
+    model = y_nn.NeuralNetwork(2, 2)
+    with torch.no_grad():
+        expected = (model(X_train).argmax(dim=1) == y_train).float().mean().item()
+    loader = DataLoader(y_nn.ToyDataset(X_train, y_train), batch_size=2)  # 2 + 2 + 1 examples
+    assert y_nn.compute_accuracy(model, loader) == pytest.approx(expected)
+    assert y_nn.compute_accuracy(model, loader, torch.device("cpu")) == pytest.approx(expected)
+
+
+def test_toy_network_trains_to_full_accuracy_as_in_the_book(capsys):
+    _, train_loader, test_loader = make_loaders()
+    torch.manual_seed(123)
+    model = y_nn.NeuralNetwork(num_inputs=2, num_outputs=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    losses = y_nn.train_model(model, train_loader, optimizer, num_epochs=3, device=torch.device("cpu"))
+    assert [round(loss, 2) for loss in losses] == [0.75, 0.65, 0.44, 0.13, 0.03, 0.00]
+    assert "Epoch: 003/003 | Batch 001/002 | Train Loss: 0.00" in capsys.readouterr().out
+    assert y_nn.compute_accuracy(model, train_loader) == 1.0
+    assert y_nn.compute_accuracy(model, test_loader) == 1.0
+
+
+def test_ddp_without_torchrun_says_how_to_start_it(monkeypatch):
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(ScriptError, match="torchrun --nproc_per_node=2 y_neural_network_basics.py --ddp"):
+        y_nn.ddp_setup()
+
+
+def ddp_worker(rank, world_size, port, results_dir):
+    """One rank, started by torch.multiprocessing the way torchrun would start it."""
+    import os
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    model, train_acc, test_acc = y_nn.ddp_train(num_epochs=3, device_name="cpu")
+    torch.save({"state_dict": model.state_dict(), "accuracies": (train_acc, test_acc)},
+               f"{results_dir}/rank{rank}.pt")
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def single_process_reference(world_size=2, num_epochs=3):
+    """The same training in one process: each step sees the union of the ranks' batches, and the
+    mean loss over it has the average of the ranks' gradients, which is what DDP applies."""
+    X_train, y_train, _, _ = y_nn.make_toy_data()
+    train_ds = y_nn.ToyDataset(X_train, y_train)
+    torch.manual_seed(123)
+    model = y_nn.NeuralNetwork(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for epoch in range(num_epochs):
+        indices = []
+        for rank in range(world_size):
+            sampler = DistributedSampler(train_ds, num_replicas=world_size, rank=rank)
+            sampler.set_epoch(epoch)
+            indices += list(sampler)[:2]  # each rank's single full batch of 2 (drop_last)
+        loss = F.cross_entropy(model(X_train[indices]), y_train[indices])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.state_dict()
+
+
+def test_two_process_ddp_on_cpu_agrees_across_ranks(tmp_path, monkeypatch):
+    outputs_dir = tmp_path / "outputs"
+    monkeypatch.setenv("LLM_OUTPUTS_DIR", str(outputs_dir))  # read by the spawned ranks
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    mp.spawn(ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert rank0["state_dict"].keys() == rank1["state_dict"].keys()
+    for name, tensor in rank0["state_dict"].items():
+        assert torch.equal(tensor, rank1["state_dict"][name]), name
+    assert rank0["accuracies"] == rank1["accuracies"] == (1.0, 1.0)
+
+    reference = single_process_reference()
+    torch.manual_seed(123)
+    initial = y_nn.NeuralNetwork(2, 2).state_dict()
+    for name, tensor in rank0["state_dict"].items():
+        assert torch.allclose(tensor, reference[name], atol=1e-6), name
+    assert not torch.equal(rank0["state_dict"]["layers.0.weight"], initial["layers.0.weight"])
+
+    assert [p.name for p in outputs_dir.iterdir()] == ["model_ddp.pth"]  # written by rank 0 only
+    saved = torch.load(outputs_dir / "model_ddp.pth", weights_only=True)
+    assert all(torch.equal(saved[name], rank0["state_dict"][name]) for name in saved)

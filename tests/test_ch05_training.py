@@ -1,0 +1,348 @@
+"""Chapter 5 (t, u): the loss, training, decoding, checkpoints and appendix D's schedule, on tiny
+models and data the tests make themselves."""
+
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from gpt_download import ScriptError
+from s_gpt_model import GPTModel, generate_text_simple
+from t_pretraining_basics import text_to_token_ids, token_ids_to_text
+from u_pretraining import (calc_loss_batch, calc_loss_loader, generate, load_checkpoint,
+                           lr_at_step, model_from_checkpoint, save_checkpoint,
+                           softmax_with_temperature, train_model, train_model_simple)
+
+TINY_CFG = {"vocab_size": 96, "context_length": 16, "emb_dim": 32, "n_heads": 2, "n_layers": 2,
+            "drop_rate": 0.1, "qkv_bias": False}
+
+TEXT = ("Every effort moves you forward. The quick brown fox jumps over the lazy dog. "
+        "I really like chocolate, and I really like tea. ") * 4
+
+
+class CharTokenizer:
+    """Printable ASCII characters as token IDs 0..95: enough for train_model_simple's samples."""
+
+    def encode(self, text, allowed_special=None):
+        return [min(max(ord(c) - 32, 0), 95) for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(i + 32) for i in ids)
+
+
+def make_loaders(batch_size=2, context=TINY_CFG["context_length"]):
+    ids = torch.tensor(CharTokenizer().encode(TEXT))
+    starts = range(0, len(ids) - context - 1, context)
+    inputs = torch.stack([ids[i:i + context] for i in starts])
+    targets = torch.stack([ids[i + 1:i + context + 1] for i in starts])
+    split = int(0.9 * len(inputs))
+    train_loader = DataLoader(TensorDataset(inputs[:split], targets[:split]), batch_size=batch_size,
+                              shuffle=True, drop_last=True)
+    val_loader = DataLoader(TensorDataset(inputs[split:], targets[split:]), batch_size=batch_size,
+                            shuffle=False)
+    return train_loader, val_loader
+
+
+def run_training(seed=123, num_epochs=3):
+    torch.manual_seed(seed)
+    train_loader, val_loader = make_loaders()
+    model = GPTModel(TINY_CFG)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.004, weight_decay=0.1)
+    return train_model_simple(model, train_loader, val_loader, optimizer, "cpu", num_epochs=num_epochs,
+                              eval_freq=5, eval_iter=5, start_context="Every effort",
+                              tokenizer=CharTokenizer())
+
+
+# ---- t: text <-> IDs, cross entropy and perplexity ----
+
+def test_text_to_token_ids_round_trip(gpt2_tokenizer):
+    ids = text_to_token_ids("every effort moves", gpt2_tokenizer)
+    assert ids.tolist() == [[16833, 3626, 6100]]  # the book's first input row
+    assert token_ids_to_text(ids, gpt2_tokenizer) == "every effort moves"
+    assert token_ids_to_text(ids[0], gpt2_tokenizer) == "every effort moves"
+    with pytest.raises(ValueError, match="one sequence"):
+        token_ids_to_text(torch.cat([ids, ids]), gpt2_tokenizer)
+
+
+def test_cross_entropy_and_perplexity_by_hand():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 7)
+    targets = torch.tensor([[1, 4, 6], [0, 2, 5]])
+    probas = torch.softmax(logits, dim=-1)
+    target_probas = torch.cat([probas[i, [0, 1, 2], targets[i]] for i in range(2)])
+    neg_avg_log_probas = -torch.mean(torch.log(target_probas))
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    assert torch.allclose(neg_avg_log_probas, loss, atol=1e-6)
+    assert torch.exp(loss).item() == pytest.approx(math.exp(neg_avg_log_probas.item()), rel=1e-6)
+    # A uniform model over V tokens has perplexity V: it hesitates between all of them.
+    uniform = torch.nn.functional.cross_entropy(torch.zeros(6, 7), targets.flatten())
+    assert torch.exp(uniform).item() == pytest.approx(7.0)
+
+
+# ---- u: losses and training ----
+
+def test_calc_loss_loader_num_batches():
+    torch.manual_seed(1)
+    model = GPTModel(TINY_CFG).eval()
+    inputs = torch.randint(0, 96, (8, 16))
+    targets = torch.randint(0, 96, (8, 16))
+    loader = DataLoader(TensorDataset(inputs, targets), batch_size=2, shuffle=False)
+    with torch.no_grad():
+        batch_losses = [calc_loss_batch(inputs[i:i + 2], targets[i:i + 2], model, "cpu").item()
+                        for i in range(0, 8, 2)]
+        assert calc_loss_loader(loader, model, "cpu", num_batches=2) == pytest.approx(
+            sum(batch_losses[:2]) / 2, rel=1e-6)
+        assert calc_loss_loader(loader, model, "cpu") == pytest.approx(sum(batch_losses) / 4, rel=1e-6)
+        # More batches than the loader has: all of them.
+        assert calc_loss_loader(loader, model, "cpu", num_batches=10) == pytest.approx(
+            sum(batch_losses) / 4, rel=1e-6)
+        empty = DataLoader(TensorDataset(inputs[:0], targets[:0]), batch_size=2)
+        assert math.isnan(calc_loss_loader(empty, model, "cpu"))
+
+
+def test_training_lowers_the_loss_and_is_reproducible(capsys):
+    train_losses, val_losses, tokens_seen = run_training()
+    printed = capsys.readouterr().out
+    assert "Ep 1 (Step 000000): Train loss" in printed
+    assert printed.count("Every effort") == 3  # one sample per epoch
+    assert len(train_losses) == len(val_losses) == len(tokens_seen)
+    assert train_losses[-1] < train_losses[0] - 1.0
+    assert tokens_seen == sorted(tokens_seen) and tokens_seen[0] == 2 * 16  # one batch of 2 x 16
+    # Same seed, same draws (loader shuffles, dropout), same losses to the last bit.
+    assert run_training() == (train_losses, val_losses, tokens_seen)
+    assert run_training(seed=7, num_epochs=1)[0] != train_losses[:len(train_losses) // 3]
+
+
+# ---- u: decoding ----
+
+class CountingModel(torch.nn.Module):
+    """Predicts token (last + 1) mod vocab with certainty: makes generate's output predictable."""
+
+    def __init__(self, vocab_size=12):
+        super().__init__()
+        self.vocab_size = vocab_size
+
+    def forward(self, idx):
+        return 20.0 * torch.nn.functional.one_hot((idx + 1) % self.vocab_size, self.vocab_size).float()
+
+
+class FixedLogitsModel(torch.nn.Module):
+    """Returns the same next-token logits for every position: one row of logits per sequence."""
+
+    def __init__(self, row_logits):
+        super().__init__()
+        self.row_logits = row_logits
+
+    def forward(self, idx):
+        return self.row_logits[:, None, :].expand(idx.shape[0], idx.shape[1], -1)
+
+
+def test_generate_with_temperature_zero_is_greedy():
+    torch.manual_seed(3)
+    model = GPTModel(TINY_CFG).eval()
+    idx = torch.randint(0, 96, (3, 5))
+    # 20 new tokens > context_length 16: the context gets cropped along the way.
+    expected = generate_text_simple(model, idx, max_new_tokens=20, context_size=16)
+    assert torch.equal(generate(model, idx, max_new_tokens=20, context_size=16), expected)
+    assert torch.equal(generate(model, idx, 20, 16, temperature=0.0, top_k=5), expected)
+
+
+def test_top_k_samples_only_from_each_rows_top_k():
+    torch.manual_seed(0)
+    row_logits = torch.randn(3, 50)
+    model = FixedLogitsModel(row_logits)
+    k = 4
+    allowed = [set(torch.topk(row_logits[row], k).indices.tolist()) for row in range(3)]
+    assert allowed[0] != allowed[1]  # a shared threshold would be wrong for some rows
+    picked = [set() for _ in range(3)]
+    torch.manual_seed(123)
+    for _ in range(100):
+        out = generate(model, torch.zeros(3, 1, dtype=torch.long), max_new_tokens=3, context_size=8,
+                       temperature=5.0, top_k=k)
+        for row in range(3):
+            picked[row].update(out[row, 1:].tolist())
+    for row in range(3):
+        assert picked[row] == allowed[row]  # never outside the top k, and all k come up at T=5
+    # top_k=1 is greedy whatever the temperature.
+    out = generate(model, torch.zeros(3, 1, dtype=torch.long), 2, 8, temperature=2.0, top_k=1)
+    assert out[:, 1:].tolist() == [[row_logits[row].argmax().item()] * 2 for row in range(3)]
+
+
+def test_eos_stops_each_sequence():
+    model = CountingModel(vocab_size=12)
+    eos_id = 10
+    idx = torch.tensor([[7], [4], [2]])
+    out = generate(model, idx, max_new_tokens=8, context_size=4, eos_id=eos_id)
+    # Rows 0 and 1 finish first and are padded with eos_id; row 2 finishes last, at the 8th token,
+    # and that eos_id is not appended because every row is then finished.
+    assert out.tolist() == [[7, 8, 9, 10, 10, 10, 10, 10],
+                            [4, 5, 6, 7, 8, 9, 10, 10],
+                            [2, 3, 4, 5, 6, 7, 8, 9]]
+    # A row that never reaches eos_id keeps the others going until max_new_tokens.
+    assert generate(model, torch.tensor([[7], [0]]), 5, 4, eos_id=eos_id).tolist() == [
+        [7, 8, 9, 10, 10, 10], [0, 1, 2, 3, 4, 5]]
+    # A single sequence stops without the eos token, as in the book.
+    assert generate(model, torch.tensor([[7]]), 8, 4, eos_id=eos_id).tolist() == [[7, 8, 9]]
+    # No eos_id: all max_new_tokens.
+    assert generate(model, torch.tensor([[7]]), 5, 4).tolist() == [[7, 8, 9, 10, 11, 0]]
+    # Sampling with top_k: the same, the model is certain.
+    torch.manual_seed(0)
+    assert torch.equal(generate(model, idx, 8, 4, temperature=1.0, top_k=3, eos_id=eos_id), out)
+
+
+def test_generate_rejects_bad_arguments():
+    model = CountingModel()
+    with pytest.raises(ValueError, match="temperature"):
+        generate(model, torch.tensor([[1]]), 2, 4, temperature=-1.0)
+    with pytest.raises(ValueError, match="top_k"):
+        generate(model, torch.tensor([[1]]), 2, 4, top_k=0)
+
+
+def test_softmax_with_temperature():
+    logits = torch.tensor([4.51, 0.89, -1.90, 6.75, 1.63, -1.62, -1.89, 6.28, 1.79])  # the book's toy logits
+    assert torch.allclose(softmax_with_temperature(logits, 1), torch.softmax(logits, dim=0))
+    sharp, flat = softmax_with_temperature(logits, 0.1), softmax_with_temperature(logits, 5)
+    assert sharp.argmax().item() == 3 and sharp[3] > 0.99  # "forward"
+    assert flat.max() < 0.3 and flat.min() > 0.03
+    assert sharp.sum().item() == pytest.approx(1.0) and flat.sum().item() == pytest.approx(1.0)
+
+
+# ---- u: checkpoints ----
+
+def trained_tiny_model():
+    torch.manual_seed(5)
+    model = GPTModel(TINY_CFG)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.001, weight_decay=0.1)
+    inputs, targets = torch.randint(0, 96, (2, 16)), torch.randint(0, 96, (2, 16))
+    for _ in range(2):
+        optimizer.zero_grad()
+        calc_loss_batch(inputs, targets, model, "cpu").backward()
+        optimizer.step()
+    return model.eval(), optimizer, inputs
+
+
+def test_save_and_load_checkpoint(tmp_path):
+    model, optimizer, inputs = trained_tiny_model()
+    path = save_checkpoint(tmp_path / "sub" / "ckpt.pth", model, TINY_CFG, optimizer, epoch=2,
+                           note="tiny")
+    assert [p.name for p in path.parent.iterdir()] == ["ckpt.pth"]  # no temporary file left
+
+    checkpoint = load_checkpoint(path)
+    assert checkpoint["config"] == TINY_CFG
+    assert checkpoint["epoch"] == 2 and checkpoint["note"] == "tiny"
+
+    reloaded, cfg = model_from_checkpoint(path)
+    assert cfg == TINY_CFG and not reloaded.training
+    with torch.no_grad():
+        assert torch.equal(reloaded(inputs), model(inputs))
+
+    new_optimizer = torch.optim.AdamW(reloaded.parameters(), lr=0.5, weight_decay=0.1)
+    new_optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+    assert new_optimizer.param_groups[0]["lr"] == 0.001
+    old_state, new_state = optimizer.state_dict()["state"], new_optimizer.state_dict()["state"]
+    assert old_state.keys() == new_state.keys()
+    for key in old_state:
+        for name in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(old_state[key][name], new_state[key][name])
+
+    # A model-only checkpoint has no optimizer state.
+    path = save_checkpoint(tmp_path / "model.pth", model, TINY_CFG)
+    assert "optimizer_state_dict" not in load_checkpoint(path)
+
+
+def test_save_checkpoint_refuses_what_cannot_be_loaded(tmp_path):
+    model, _, _ = trained_tiny_model()
+    with pytest.raises(ValueError, match="weights_only"):
+        save_checkpoint(tmp_path / "c.pth", model, TINY_CFG, history=[1.0, object()])
+    with pytest.raises(ValueError, match="config"):
+        save_checkpoint(tmp_path / "c.pth", model, TINY_CFG, config={})
+    assert not list(tmp_path.iterdir())
+
+
+def test_broken_checkpoints_give_a_clear_error(tmp_path):
+    model, optimizer, _ = trained_tiny_model()
+    good = save_checkpoint(tmp_path / "good.pth", model, TINY_CFG, optimizer)
+    data = good.read_bytes()
+
+    missing = tmp_path / "missing.pth"
+    with pytest.raises(ScriptError, match="missing.pth"):
+        load_checkpoint(missing)
+
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(data[:len(data) // 2])
+    with pytest.raises(ScriptError, match="truncated.pth.*damaged"):
+        load_checkpoint(truncated)
+    with pytest.raises(ScriptError, match="truncated.pth"):
+        model_from_checkpoint(truncated)
+
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ScriptError, match="garbage.pth"):
+        load_checkpoint(garbage)
+
+    # weights_only=True: a pickled arbitrary object is refused, not executed.
+    pickled = tmp_path / "pickled.pth"
+    torch.save({"model_state_dict": {}, "config": TINY_CFG, "x": CharTokenizer()}, pickled)
+    with pytest.raises(ScriptError, match="pickled.pth"):
+        load_checkpoint(pickled)
+
+    # Readable, but not one of ours.
+    plain = tmp_path / "plain.pth"
+    torch.save(model.state_dict(), plain)
+    with pytest.raises(ScriptError, match="model_state_dict"):
+        load_checkpoint(plain)
+
+
+# ---- u: appendix D ----
+
+def test_learning_rate_schedule_values():
+    peak, initial, minimum, warmup, total = 0.01, 0.0001, 0.00001, 27, 135
+    lrs = [lr_at_step(s, warmup, total, peak, initial, minimum) for s in range(total + 1)]
+    # Linear warmup from initial_lr towards peak_lr ...
+    assert lrs[0] == pytest.approx(initial)
+    assert lrs[1] - lrs[0] == pytest.approx((peak - initial) / warmup)
+    assert lrs[26] == pytest.approx(initial + 26 * (peak - initial) / 27)
+    # ... peak_lr right after warmup, half-way down the cosine at mid-decay, min_lr at the end.
+    assert lrs[27] == pytest.approx(peak)
+    assert lrs[27 + 54] == pytest.approx(minimum + (peak - minimum) / 2)
+    assert lrs[total] == pytest.approx(minimum)
+    assert all(a > b for a, b in zip(lrs[27:], lrs[28:]))
+
+
+def test_train_model_schedule_and_clipping_after_warmup(monkeypatch, capsys):
+    torch.manual_seed(123)
+    train_loader, val_loader = make_loaders(batch_size=4)
+    model = GPTModel(TINY_CFG)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
+    n_epochs, warmup_steps = 3, 4
+    total = len(train_loader) * n_epochs
+
+    clipped_at_lr, grad_norms = [], []
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def recording_clip(parameters, max_norm):
+        clipped_at_lr.append(optimizer.param_groups[0]["lr"])
+        return real_clip(parameters, max_norm)
+
+    real_step = optimizer.step
+
+    def recording_step(*args, **kwargs):
+        grads = [p.grad.flatten() for p in model.parameters() if p.grad is not None]
+        grad_norms.append(torch.cat(grads).norm().item())
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    monkeypatch.setattr(optimizer, "step", recording_step)
+    train_losses, val_losses, tokens_seen, lrs = train_model(
+        model, train_loader, val_loader, optimizer, "cpu", n_epochs=n_epochs, eval_freq=5, eval_iter=1,
+        start_context="Every", tokenizer=CharTokenizer(), warmup_steps=warmup_steps,
+        initial_lr=1e-4, min_lr=1e-5)
+
+    assert "Ep 1 (Iter 000000)" in capsys.readouterr().out
+    assert lrs == [lr_at_step(s, warmup_steps, total, 0.01, 1e-4, 1e-5) for s in range(total)]
+    assert lrs[warmup_steps] == pytest.approx(0.01)
+    assert clipped_at_lr == lrs[warmup_steps:]  # clipped on every step after warmup, never during it
+    assert max(grad_norms[warmup_steps:]) <= 1.0 + 1e-4
+    assert max(grad_norms[:warmup_steps]) > 1.0  # so clipping had something to do
+    assert train_losses[-1] < train_losses[0]

@@ -1,0 +1,331 @@
+"""The fast paths beside the book's code compute what the book's code computes: FastMultiHeadAttention,
+KV-cache generation, fast and gradient-accumulated training, and two-process DDP on CPU."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+import u_pretraining as u
+from conftest import REPO_DIR
+from m_efficient_multi_head_attention import FastMultiHeadAttention, KVCache, MultiHeadAttention
+from r_transformer_block import TransformerBlock
+from s_gpt_model import CachedNextTokenLogits, GPTModel, new_kv_cache
+
+TINY = {"vocab_size": 64, "context_length": 12, "emb_dim": 16, "n_heads": 2, "n_layers": 2,
+        "drop_rate": 0.0, "qkv_bias": True}
+# For comparing weights after training: the key bias's true gradient is 0 (softmax ignores a shift
+# that is the same for every key), so Adam would blow its rounding noise up to full-size steps.
+TINY_NO_QKV_BIAS = {**TINY, "qkv_bias": False}
+TRAIN_SETTINGS = {"learning_rate": 0.004, "weight_decay": 0.1}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices gain nothing from threads, and on a busy machine threads that wait for each
+    other make these tests many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class CharTokenizer:
+    """Enough of a tokenizer for train_model_simple's samples with a 64-token vocabulary."""
+
+    def encode(self, text, allowed_special=None):
+        return [ord(char) % TINY["vocab_size"] for char in text]
+
+    def decode(self, ids):
+        return "".join(chr(48 + i % 64) for i in ids)
+
+
+def token_dataset(num_windows=16, seed=7):
+    """Windows of random token ids with next-token targets, like GPTDatasetV1's."""
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, TINY["vocab_size"], (num_windows, TINY["context_length"] + 1),
+                           generator=generator)
+    return TensorDataset(tokens[:, :-1], tokens[:, 1:])
+
+
+def copy_of_book_attention(qkv_bias):
+    torch.manual_seed(123)
+    book = MultiHeadAttention(d_in=6, d_out=8, context_length=10, dropout=0.0, num_heads=2,
+                              qkv_bias=qkv_bias)
+    return book, FastMultiHeadAttention.from_book(book)
+
+
+# ---- FastMultiHeadAttention ----
+
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_fast_attention_matches_the_books_outputs_and_gradients(qkv_bias):
+    book, fast = copy_of_book_attention(qkv_bias)
+    x = torch.randn(3, 7, 6)
+    x_book, x_fast = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_book, out_fast = book(x_book), fast(x_fast)
+    assert torch.allclose(out_fast, out_book, atol=1e-6)
+
+    weights = torch.randn_like(out_book)  # a loss that weighs every output differently
+    (out_book * weights).sum().backward()
+    (out_fast * weights).sum().backward()
+    assert torch.allclose(x_fast.grad, x_book.grad, atol=1e-6)
+    book_qkv_grad = torch.cat([book.W_query.weight.grad, book.W_key.weight.grad, book.W_value.weight.grad])
+    assert torch.allclose(fast.W_qkv.weight.grad, book_qkv_grad, atol=1e-6)
+    assert torch.allclose(fast.out_proj.weight.grad, book.out_proj.weight.grad, atol=1e-6)
+    if qkv_bias:
+        book_bias_grad = torch.cat([book.W_query.bias.grad, book.W_key.bias.grad, book.W_value.bias.grad])
+        assert torch.allclose(fast.W_qkv.bias.grad, book_bias_grad, atol=1e-6)
+
+
+def test_from_book_copies_weights_without_touching_the_random_numbers():
+    book, _ = copy_of_book_attention(qkv_bias=False)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    fast = FastMultiHeadAttention.from_book(book)
+    assert torch.equal(torch.rand(3), expected)
+    assert fast.W_qkv.weight.data_ptr() != book.W_query.weight.data_ptr()  # a copy, not a view
+    assert torch.equal(fast.W_qkv.weight[8:16], book.W_key.weight)
+    assert fast.W_qkv.bias is None and fast.dropout == 0.0
+
+
+def test_a_seed_gives_the_fast_model_the_books_weights_and_dropout_masks():
+    torch.manual_seed(123)
+    book = GPTModel({**TINY, "drop_rate": 0.1})
+    torch.manual_seed(123)
+    fast = GPTModel({**TINY, "drop_rate": 0.1, "attention": "fast"})
+    fast_state = fast.state_dict()
+    for name, tensor in book.state_dict().items():  # the book's creation order is unchanged
+        if ".att.W_" not in name and not name.endswith(".mask"):
+            assert torch.equal(fast_state[name], tensor), name
+    assert torch.equal(fast_state["trf_blocks.1.att.W_qkv.bias"][16:32], book.trf_blocks[1].att.W_key.bias)
+
+    # In training mode the fused attention draws its dropout mask from the same random numbers.
+    idx = torch.randint(0, TINY["vocab_size"], (2, TINY["context_length"]))
+    torch.manual_seed(9)
+    book_logits = book(idx)
+    torch.manual_seed(9)
+    assert torch.allclose(fast(idx), book_logits, atol=1e-5)
+
+
+def test_fast_model_loads_a_book_checkpoint_and_round_trips_its_own(tmp_path):
+    torch.manual_seed(123)
+    book = GPTModel(TINY).eval()
+    fast = GPTModel({**TINY, "attention": "fast"}).eval()
+    fast.load_state_dict(book.state_dict())  # strict: W_query/W_key/W_value become W_qkv
+    idx = torch.tensor([[1, 5, 9, 2, 3]])
+    assert torch.allclose(fast(idx), book(idx), atol=1e-5)
+
+    path = u.save_checkpoint(tmp_path / "fast.pth", fast, {**TINY, "attention": "fast"})
+    reloaded, cfg = u.model_from_checkpoint(path)
+    assert cfg["attention"] == "fast" and isinstance(reloaded.trf_blocks[0].att, FastMultiHeadAttention)
+    assert torch.equal(reloaded(idx), fast(idx))
+
+
+def test_the_config_picks_the_attention_and_names_an_unknown_one():
+    assert isinstance(TransformerBlock(TINY).att, MultiHeadAttention)
+    assert isinstance(TransformerBlock({**TINY, "attention": "book"}).att, MultiHeadAttention)
+    assert isinstance(TransformerBlock({**TINY, "attention": "fast"}).att, FastMultiHeadAttention)
+    with pytest.raises(ValueError, match="unknown attention 'flash'.*'book', 'fast'"):
+        GPTModel({**TINY, "attention": "flash"})
+
+
+# ---- KV cache ----
+
+@pytest.mark.parametrize("attention", ["book", "fast"])
+def test_feeding_tokens_in_chunks_through_the_cache_gives_the_full_forward_logits(attention):
+    torch.manual_seed(123)
+    model = GPTModel({**TINY, "attention": attention}).eval()
+    idx = torch.randint(0, TINY["vocab_size"], (2, 11))
+    kv_cache = new_kv_cache(model, batch_size=2)
+    keys_storage = kv_cache[0].keys.data_ptr()
+    with torch.no_grad():
+        full = model(idx)
+        chunks = [model(idx[:, start:end], kv_cache=kv_cache)
+                  for start, end in ((0, 4), (4, 5), (5, 9), (9, 11))]
+    assert torch.allclose(torch.cat(chunks, dim=1), full, atol=1e-5)
+    assert [layer.length for layer in kv_cache] == [11, 11]
+    assert kv_cache[0].keys.data_ptr() == keys_storage  # written in place, never reallocated
+    with pytest.raises(ValueError, match="the input has 13 tokens but the model's context_length is 12"):
+        model(idx[:, :2], kv_cache=kv_cache)
+
+
+def test_kv_cache_refuses_to_overflow():
+    cache = KVCache(batch_size=1, num_heads=2, max_len=3, head_dim=4)
+    cache.append(torch.ones(1, 2, 2, 4), torch.ones(1, 2, 2, 4))
+    with pytest.raises(ValueError, match="holds 3 positions and is full"):
+        cache.append(torch.ones(1, 2, 2, 4), torch.ones(1, 2, 2, 4))
+    cache.reset()
+    keys, values = cache.append(torch.full((1, 2, 3, 4), 2.0), torch.zeros(1, 2, 3, 4))
+    assert keys.shape == (1, 2, 3, 4) and keys.eq(2.0).all()
+
+
+@pytest.mark.parametrize("attention", ["book", "fast"])
+@pytest.mark.parametrize("prompt_len, max_new_tokens, context_size", [
+    (1, 6, 12),    # fits in the context
+    (4, 20, 12),   # runs past the context: the window slides
+    (12, 5, 12),   # starts with a full context
+    (15, 4, 12),   # the prompt itself is longer than the context
+    (3, 12, 7),    # generate's context_size smaller than the model's
+])
+def test_cached_generation_gives_the_uncached_ids(attention, prompt_len, max_new_tokens, context_size):
+    torch.manual_seed(123)
+    model = GPTModel({**TINY, "attention": attention}).eval()
+    idx = torch.randint(0, TINY["vocab_size"], (2, prompt_len))
+    expected = u.generate(model, idx, max_new_tokens, context_size)
+    assert expected.shape == (2, prompt_len + max_new_tokens)
+    assert torch.equal(u.generate(model, idx, max_new_tokens, context_size, use_cache=True), expected)
+
+
+def test_cached_generation_samples_and_stops_like_the_uncached_one():
+    torch.manual_seed(123)
+    model = GPTModel(TINY).eval()
+    idx = torch.randint(0, TINY["vocab_size"], (3, 4))
+    torch.manual_seed(1)
+    sampled = u.generate(model, idx, 16, 12, temperature=1.5, top_k=10)
+    torch.manual_seed(1)
+    assert torch.equal(u.generate(model, idx, 16, 12, temperature=1.5, top_k=10, use_cache=True), sampled)
+
+    greedy = u.generate(model, idx, 16, 12)
+    eos_id = int(greedy[0, 6])  # a token the first row produces, so that it finishes early
+    stopped = u.generate(model, idx, 16, 12, eos_id=eos_id)
+    assert stopped.shape[1] < greedy.shape[1] or (stopped[0, 6:] == eos_id).all()
+    assert torch.equal(u.generate(model, idx, 16, 12, eos_id=eos_id, use_cache=True), stopped)
+
+
+def test_cached_logits_past_the_models_context_raise_like_the_book():
+    torch.manual_seed(123)
+    model = GPTModel(TINY).eval()
+    idx = torch.randint(0, TINY["vocab_size"], (1, 10))
+    for use_cache in (False, True):  # context_size 20 > context_length 12: the book crashes too
+        with pytest.raises(ValueError, match="context_length is 12"):
+            u.generate(model, idx, 5, context_size=20, use_cache=use_cache)
+    next_logits = CachedNextTokenLogits(model, context_size=12)
+    assert torch.allclose(next_logits(idx), model(idx)[:, -1], atol=1e-5)
+    assert next_logits.kv_cache[0].length == 10
+
+
+# ---- training ----
+
+def train(cfg, fast=False, grad_accum_steps=1, batch_size=2, autocast_dtype=None, epochs=2):
+    """Train on token_dataset() from seed 123; return (model, losses on a fixed loader, tokens seen)."""
+    loader = DataLoader(token_dataset(), batch_size=batch_size, shuffle=False)
+    eval_loader = DataLoader(token_dataset(), batch_size=4, shuffle=False)
+    model, train_model, optimizer = u.build_training(cfg, TRAIN_SETTINGS, torch.device("cpu"), fast=fast)
+    _, losses, tokens_seen = u.train_model_simple(
+        train_model, loader, eval_loader, optimizer, torch.device("cpu"), num_epochs=epochs, eval_freq=2,
+        eval_iter=2, start_context="ab", tokenizer=CharTokenizer(),
+        grad_accum_steps=grad_accum_steps, autocast_dtype=autocast_dtype)
+    return model, losses, tokens_seen
+
+
+def test_fast_training_follows_the_book_training_from_the_same_seed(capsys):
+    cfg = {**TINY, "drop_rate": 0.1}
+    book_model, book_losses, book_tokens = train(cfg)
+    assert book_losses[-1] < book_losses[0] - 0.3  # it learns
+    # The same seed gives the same weights and dropout masks, so only rounding differs.
+    fast_model, fast_losses, fast_tokens = train({**cfg, "attention": "fast"}, fast=True)
+    assert fast_tokens == book_tokens
+    assert fast_losses == pytest.approx(book_losses, abs=1e-4)
+    # With bfloat16 autocast the rounding is coarser.
+    _, bf16_losses, _ = train({**cfg, "attention": "fast"}, fast=True, autocast_dtype=torch.bfloat16)
+    assert bf16_losses == pytest.approx(book_losses, abs=0.05)
+    assert bf16_losses != pytest.approx(book_losses, abs=1e-4)  # so bfloat16 was really used
+    assert "Ep 2 (Step 000014)" in capsys.readouterr().out
+
+
+def test_gradient_accumulation_matches_the_larger_batch():
+    cfg = TINY_NO_QKV_BIAS
+    model_big, losses_big, tokens_big = train(cfg, batch_size=4)
+    model_accum, losses_accum, tokens_accum = train(cfg, batch_size=2, grad_accum_steps=2)
+    assert tokens_accum == tokens_big and len(losses_accum) == len(losses_big)
+    assert losses_accum == pytest.approx(losses_big, abs=1e-5)
+    for (name, big), accum in zip(model_big.state_dict().items(), model_accum.state_dict().values()):
+        assert torch.allclose(accum, big, atol=1e-5), name
+
+
+def test_accumulation_groups_keep_every_batch():
+    assert [len(group) for group in u.accumulation_groups(range(7), 3)] == [3, 3, 1]
+    assert [group for group in u.accumulation_groups(range(2), 1)] == [[0], [1]]
+
+
+# ---- DDP on CPU ----
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ddp_worker(rank, world_size, port, results_dir):
+    """One rank, started the way torchrun starts it."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    rank, world_size, device = u.setup_distributed("cpu")
+    try:
+        loader = u.distributed_loader(DataLoader(token_dataset(), batch_size=2), rank, world_size)
+        model, train_model, optimizer = u.build_training(TINY_NO_QKV_BIAS, TRAIN_SETTINGS, device, ddp=True)
+        losses, _, _ = u.train_model_simple(
+            train_model, loader, loader, optimizer, device, num_epochs=2, eval_freq=2, eval_iter=1,
+            start_context="ab", tokenizer=CharTokenizer(), is_main_process=rank == 0)
+        torch.save({"state_dict": model.state_dict(), "losses": losses}, f"{results_dir}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_process_ddp_on_cpu_matches_one_process_with_the_global_batch(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    mp.spawn(ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert len(rank0["losses"]) == 4 and rank1["losses"] == []  # only rank 0 evaluates and prints
+    for name, tensor in rank0["state_dict"].items():
+        assert torch.equal(tensor, rank1["state_dict"][name]), name
+
+    # One process, one optimizer step per global batch: rank 0's batch and rank 1's batch together.
+    dataset = token_dataset()
+    model, _, optimizer = u.build_training(TINY_NO_QKV_BIAS, TRAIN_SETTINGS, torch.device("cpu"))
+    for epoch in range(2):
+        shards = []
+        for rank in range(2):
+            sampler = DistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=True, seed=u.SEED,
+                                         drop_last=True)
+            sampler.set_epoch(epoch)
+            shards.append(list(sampler))
+        for step in range(len(shards[0]) // 2):
+            indices = shards[0][2 * step:2 * step + 2] + shards[1][2 * step:2 * step + 2]
+            inputs, targets = dataset[indices]
+            optimizer.zero_grad()
+            u.calc_loss_batch(inputs, targets, model, "cpu").backward()
+            optimizer.step()
+    for name, tensor in model.state_dict().items():
+        assert torch.allclose(rank0["state_dict"][name], tensor, atol=1e-5), name
+
+
+def test_u_pretraining_under_torchrun_trains_on_two_cpu_processes(tmp_path):
+    """The reader's command, `torchrun --nproc_per_node=2 u_pretraining.py --fast`, on a short story."""
+    data_dir, outputs_dir = tmp_path / "data", tmp_path / "outputs"
+    data_dir.mkdir()
+    (data_dir / "the-verdict.txt").write_text(
+        " ".join(f"Day {i}: the painter put down his brush and looked at the wall." for i in range(200)),
+        encoding="utf-8")
+    env = dict(os.environ, LLM_DATA_DIR=str(data_dir), LLM_OUTPUTS_DIR=str(outputs_dir), OMP_NUM_THREADS="1",
+               PYTHONUNBUFFERED="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(REPO_DIR / "u_pretraining.py"), "--quick", "--fast", "--epochs", "1", "--device", "cpu"],
+        cwd=REPO_DIR, env=env, capture_output=True, text=True, encoding="utf-8", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert out.count("2 processes (gloo); global batch 4; FastMultiHeadAttention") == 1  # rank 0 alone prints
+    assert out.count("Ep 1 (Step 000000): Train loss") == 1
+    assert [path.name for path in outputs_dir.iterdir()] == ["model_and_optimizer.pth"]
+    model, cfg = u.model_from_checkpoint(outputs_dir / "model_and_optimizer.pth")
+    assert cfg == {**u.QUICK_CONFIG, "attention": "fast"}
+    assert isinstance(model.trf_blocks[0].att, FastMultiHeadAttention)

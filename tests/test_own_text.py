@@ -1,0 +1,430 @@
+"""Train your own small LLM: the char and BPE tokenizers (BPE against tiktoken), resumable training,
+damaged checkpoints, and the generation CLI, on tiny configs and texts the tests write."""
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+import generate_text
+import own_tokenizers
+import train_own_text
+from conftest import run_script
+from gpt_download import DATA_DIR, REPO_DIR, ScriptError
+from own_tokenizers import (BPETokenizer, CharTokenizer, GPT2_SPLIT_PATTERN, bytes_to_unicode,
+                            load_tokenizer, save_tokenizer, tokenizer_from_dict, tokenizer_to_dict)
+from s_gpt_model import GPTModel
+from u_pretraining import save_checkpoint
+
+ODD_TEXT = (
+    "Héllo wörld! Ça va? naïve café — “quotes” ‘single’ … 😀😃🤖👩‍👩‍👧‍👦 🇩🇪 ñ\n\n\n  \t\t x  \r\n"
+    "\u00a0nbsp\u2009thin\u3000ideo\u200bzero-width \x1c\x1f\x85 \u2028line\u2029para\ufeffbom"
+    "<|endoftext|>日本語のテキスト 中文 한국어 Ελληνικά русский العربية हिन्दी 123,456.789 ¹²³ ½ x²"
+    "  trailing   \n\n<|endoftext|><|endoftext|>  I'm you're it's we'll they'd I've 'S 'T  'll\n   \n")
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # for the scripts run as subprocesses
+
+STORY = (
+    "The lighthouse keeper counted the ships at dusk. Seven came home; one did not.\n"
+    "She wrote their names in the ledger, 1893 to 1901, in a small, careful hand.\n"
+    "When the storm came the keeper's daughter lit the lamp again, and again, and again.\n"
+    "Nobody thanked her. The ledger kept the names, the sea kept the rest.\n")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread; several threads spin against each other on a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def shared_data_file(*parts):
+    """A real data file, from data/ or from the shared folder beside the checkout; skip if absent."""
+    for base in (DATA_DIR, REPO_DIR.parent / "shared" / "data"):
+        if (base.joinpath(*parts)).is_file():
+            return base.joinpath(*parts).read_text(encoding="utf-8")
+    pytest.skip(f"{'/'.join(parts)} is not in data/")
+
+
+# ---- character-level tokenizer ----
+
+def test_char_tokenizer_round_trip_unknowns_and_specials():
+    tokenizer = CharTokenizer.from_text("hello world\nHé!<|endoftext|>")
+    assert tokenizer.chars == ["\n", " ", "!", "H", "d", "e", "h", "l", "o", "r", "w", "é"]  # no '<', '|'
+    assert tokenizer.special_tokens == {"<|endoftext|>": 12, "<|unk|>": 13}
+    assert tokenizer.n_vocab == 14
+    text = "hello Hé!\nworld"
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+    assert tokenizer.encode("hé") == [6, 11]
+    assert tokenizer.encode("hz?") == [6, 13, 13]  # characters it never saw
+    assert tokenizer.decode(tokenizer.encode("hz")) == "h<|unk|>"
+    assert tokenizer.encode("he<|endoftext|>", allowed_special={"<|endoftext|>"}) == [6, 5, 12]
+    ids = tokenizer.encode("he<|endoftext|>")  # not allowed: 13 plain characters, 9 of them unknown
+    assert len(ids) == 15 and 12 not in ids and ids.count(13) == 9
+    with pytest.raises(ValueError, match="outside"):
+        tokenizer.decode([14])
+
+
+def test_char_tokenizer_save_and_load(tmp_path):
+    tokenizer = CharTokenizer.from_text(STORY + "ü😀")
+    path = save_tokenizer(tokenizer, tmp_path / "char.json")
+    loaded = load_tokenizer(path)
+    assert isinstance(loaded, CharTokenizer)
+    assert loaded.to_dict() == tokenizer.to_dict()
+    assert loaded.encode("Seven ships! ü😀 ~") == tokenizer.encode("Seven ships! ü😀 ~")
+    assert loaded.encode("~")[0] == loaded.unk_token
+    (tmp_path / "broken.json").write_text('{"kind": "char", "chars": ', encoding="utf-8")
+    with pytest.raises(ScriptError, match="not a tokenizer file"):
+        load_tokenizer(tmp_path / "broken.json")
+
+
+# ---- byte-level BPE ----
+
+def test_gpt2_byte_to_unicode_map():
+    mapping = bytes_to_unicode()
+    assert len(set(mapping.values())) == 256
+    assert mapping[ord("A")] == "A" and mapping[ord(" ")] == "Ġ" and mapping[ord("\n")] == "Ċ"
+    assert mapping[0] == "Ā" and mapping[0x7F] == "ġ"
+    assert mapping[0xAD] == "Ń"  # 256 + 67: the last byte moved past U+0100
+
+
+def test_bpe_training_by_hand():
+    # The classic example: aaabdaaabac -> aa=Z, ab=Y (ties go to the smaller ids), ZY=X, then ac.
+    tokenizer = BPETokenizer.train("aaabdaaabac", 4, special_tokens=())
+    learned = [tokenizer.vocab[256 + i] for i in range(4)]
+    assert learned == [b"aa", b"ab", b"aaab", b"ac"]
+    assert tokenizer.merges == [(97, 97), (97, 98), (256, 257), (97, 99)]
+    assert tokenizer.encode("aaabdaaabac") == [258, 100, 258, 259]
+    # Merges stay inside GPT-2's pre-split pieces: "b" and " " never join.
+    tokenizer = BPETokenizer.train("ab ab ab abc", 10)
+    assert [tokenizer.vocab[256 + i] for i in range(len(tokenizer.merges))] == [b"ab", b" ab", b" abc"]
+    assert tokenizer.special_tokens == {"<|endoftext|>": 259}
+    assert tokenizer.encode("ab abc<|endoftext|>", allowed_special="all") == [256, 258, 259]
+
+
+def naive_bpe_merges(text, num_merges):
+    """The textbook O(text x merges) loop: recount every pair of every piece for each merge."""
+    pieces = [list(piece.encode("utf-8")) for piece in own_tokenizers.regex.findall(GPT2_SPLIT_PATTERN, text)]
+    vocab = {i: bytes([i]) for i in range(256)}
+    merges = []
+    for _ in range(num_merges):
+        counts = Counter(pair for piece in pieces for pair in zip(piece, piece[1:]))
+        if not counts:
+            break
+        pair = min(counts, key=lambda p: (-counts[p], p))
+        new_id = len(vocab)
+        vocab[new_id] = vocab[pair[0]] + vocab[pair[1]]
+        merges.append(pair)
+        pieces = [own_tokenizers._merge_pair(piece, pair, new_id) for piece in pieces]
+    return merges
+
+
+def test_incremental_bpe_training_equals_the_naive_loop():
+    text = (STORY * 3) + ODD_TEXT.replace("<|endoftext|>", "")
+    assert BPETokenizer.train(text, 120).merges == naive_bpe_merges(text, 120)
+
+
+def test_bpe_round_trips_and_save_load(tmp_path):
+    tokenizer = BPETokenizer.train(STORY * 5, 60)
+    for text in (STORY, ODD_TEXT, "never seen: ẞ 🦜 \x00\x7f"):
+        ids = tokenizer.encode(text, allowed_special={"<|endoftext|>"})
+        assert tokenizer.decode(ids) == text
+    assert tokenizer.decode(tokenizer.encode("😀")[:1]) == "\ufffd"  # half a character
+    with pytest.raises(ValueError, match="special token"):
+        tokenizer.encode("a<|endoftext|>")  # like tiktoken: special tokens must be allowed
+    path = save_tokenizer(tokenizer, tmp_path / "bpe.json")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data["vocab"]["Ġ"] == 32 and data["vocab"]["Ċ"] == 10  # GPT-2's way of writing bytes
+    assert all(line.count(" ") == 1 for line in data["merges"])  # "left right", as in vocab.bpe
+    loaded = load_tokenizer(path)
+    assert loaded.merges == tokenizer.merges and loaded.vocab == tokenizer.vocab
+    assert loaded.encode(ODD_TEXT, allowed_special="all") == tokenizer.encode(ODD_TEXT, allowed_special="all")
+
+
+def test_trained_bpe_encodes_like_tiktoken_with_the_same_vocabulary():
+    tiktoken = pytest.importorskip("tiktoken")
+    tokenizer = BPETokenizer.train(STORY * 4 + ODD_TEXT.replace("<|endoftext|>", ""), 150)
+    reference = tiktoken.Encoding(name="own", pat_str=GPT2_SPLIT_PATTERN,
+                                  mergeable_ranks={token: i for i, token in tokenizer.vocab.items()},
+                                  special_tokens=tokenizer.special_tokens)
+    for text in (STORY, ODD_TEXT, "The keepers' ledgers, 1894-1900: 7 ships."):
+        assert (tokenizer.encode(text, allowed_special="all")
+                == reference.encode(text, allowed_special="all"))
+
+
+def gpt2_files():
+    """encoder.json and vocab.bpe from tiktoken's cache (saved under the sha1 of their URLs)."""
+    cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR") or \
+        os.path.join(tempfile.gettempdir(), "data-gym-cache")
+    base = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+    paths = [Path(cache) / hashlib.sha1((base + name).encode()).hexdigest()
+             for name in ("encoder.json", "vocab.bpe")]
+    return paths if all(p.is_file() for p in paths) else None
+
+
+@pytest.fixture(scope="module")
+def own_gpt2(gpt2_tokenizer):
+    files = gpt2_files()
+    if files is None:
+        pytest.skip("tiktoken loads gpt2, but its cache holds no encoder.json/vocab.bpe")
+    return BPETokenizer.from_gpt2_files(*files)
+
+
+@pytest.mark.parametrize("name", ["odd", "the-verdict.txt", "tinyshakespeare"])
+def test_bpe_with_gpt2_files_equals_tiktoken(name, own_gpt2, gpt2_tokenizer):
+    text = {"odd": lambda: ODD_TEXT,
+            "the-verdict.txt": lambda: shared_data_file("the-verdict.txt"),
+            "tinyshakespeare": lambda: shared_data_file("tinyshakespeare", "input.txt")}[name]()
+    ids = own_gpt2.encode(text, allowed_special={"<|endoftext|>"})
+    assert ids == gpt2_tokenizer.encode(text, allowed_special={"<|endoftext|>"})
+    assert own_gpt2.decode(ids) == text
+    assert own_gpt2.n_vocab == 50257 and own_gpt2.eot_token == 50256
+
+
+def test_bpe_with_gpt2_files_on_random_strings(own_gpt2, gpt2_tokenizer):
+    rng = random.Random(0)
+    pool = list(" \t\n\r\x0b\x0c\x1c\x85\xa0\u2000\u2028\u3000\u200b'sStTlvdrem0123456789azAZ.,!?-\"éßæ日本😀👍🏽\u200d")
+    for _ in range(500):
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(1, 25)))
+        assert own_gpt2.encode(text) == gpt2_tokenizer.encode(text), repr(text)
+
+
+def test_tokenizer_descriptions():
+    assert tokenizer_from_dict(tokenizer_to_dict(CharTokenizer.from_text("ab"))).chars == ["a", "b"]
+    with pytest.raises(ValueError, match="unknown tokenizer"):
+        tokenizer_from_dict({"kind": "sentencepiece"})
+
+
+# ---- the text ----
+
+def test_read_text_joins_a_folder_and_rejects_non_utf8(tmp_path):
+    (tmp_path / "b.txt").write_text("second", encoding="utf-8")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.txt").write_text("third", encoding="utf-8")
+    (tmp_path / "a.txt").write_text("first", encoding="utf-8")
+    (tmp_path / "notes.md").write_text("ignored", encoding="utf-8")
+    assert train_own_text.read_text(tmp_path) == "first<|endoftext|>second<|endoftext|>third"
+    (tmp_path / "d.txt").write_bytes("caf\u00e9".encode("latin-1"))
+    with pytest.raises(ScriptError, match="not UTF-8"):
+        train_own_text.read_text(tmp_path)
+    with pytest.raises(ScriptError, match="no file or folder"):
+        train_own_text.read_text(tmp_path / "missing")
+
+
+def test_named_datasets_download_through_the_helper(tmp_path, local_server, monkeypatch):
+    monkeypatch.setattr(train_own_text, "DATA_DIR", tmp_path)
+    sha = lambda text: hashlib.sha256(text.encode("utf-8")).hexdigest()  # noqa: E731
+    monkeypatch.setattr(train_own_text, "SHAKESPEARE_URL", local_server.add("/input.txt", "0123456789"))
+    monkeypatch.setattr(train_own_text, "SHAKESPEARE_SHA256", sha("0123456789"))
+    assert train_own_text.load_training_text("shakespeare", 0.9)[:2] == ("012345678", "9")
+    assert (tmp_path / "tinyshakespeare" / "input.txt").is_file()
+    local_server.add("/wt/train.txt", " = Title = \n train text \n")
+    local_server.add("/wt/valid.txt", " valid @-@ text \n")
+    monkeypatch.setattr(train_own_text, "WIKITEXT2_URL", local_server.base_url + "/wt/{}")
+    monkeypatch.setattr(train_own_text, "WIKITEXT2_SHA256",
+                        {"train.txt": None, "valid.txt": sha(" valid @-@ text \n")})
+    train, val, _ = train_own_text.load_training_text("wikitext2", 0.9)
+    assert (train, val) == (" = Title = \n train text \n", " valid @-@ text \n")
+
+
+# ---- training, checkpoints, resuming ----
+
+@pytest.fixture
+def story_file(tmp_path):
+    path = tmp_path / "story.txt"
+    path.write_text(STORY * 4, encoding="utf-8")  # 1,240 characters: 4 steps per epoch below
+    return path
+
+
+def tiny_run_args(text_path, checkpoint, *extra):
+    return ["--data", str(text_path), "--checkpoint", str(checkpoint), "--tokenizer", "char",
+            "--context-length", "16", "--emb-dim", "16", "--n-layers", "2", "--n-heads", "2",
+            "--batch-size", "16", "--epochs", "3", "--eval-freq", "3", "--eval-iter", "2",
+            "--checkpoint-every", "2", "--seed", "7", "--device", "cpu", *extra]
+
+
+def final_run(checkpoint):
+    checkpoint = torch.load(checkpoint, weights_only=True)
+    return checkpoint["train_state"], checkpoint["model_state_dict"]
+
+
+@pytest.fixture
+def uninterrupted(story_file, tmp_path):
+    path = tmp_path / "full.pth"
+    state = train_own_text.main(tiny_run_args(story_file, path))
+    assert state["global_step"] == 12 and state["epoch"] == 2  # three epochs of four steps
+    return final_run(path)
+
+
+def assert_same_run(run, reference):
+    (state, weights), (ref_state, ref_weights) = run, reference
+    for key in ("step_losses", "train_losses", "val_losses", "eval_steps", "track_tokens_seen"):
+        assert state[key] == ref_state[key], key  # exactly equal, not just close
+    assert all(torch.equal(weights[name], ref_weights[name]) for name in ref_weights)
+
+
+def test_stopped_and_resumed_run_equals_uninterrupted(story_file, tmp_path, uninterrupted):
+    path = tmp_path / "split.pth"
+    state = train_own_text.main(tiny_run_args(story_file, path, "--stop-after", "5"))  # mid-epoch 2
+    assert state["global_step"] == 5
+    assert final_run(path)[0]["step_losses"] == uninterrupted[0]["step_losses"][:5]
+    train_own_text.main(["--resume", "--checkpoint", str(path), "--device", "cpu"])
+    assert_same_run(final_run(path), uninterrupted)
+    assert (tmp_path / "split-losses.png").stat().st_size > 0
+
+
+def test_run_killed_mid_step_resumes_from_last_checkpoint(story_file, tmp_path, uninterrupted, monkeypatch):
+    path = tmp_path / "killed.pth"
+    calls = []
+    real_calc_loss_batch = train_own_text.calc_loss_batch
+
+    def dies_in_step_8(*args):
+        calls.append(1)
+        if len(calls) == 8:
+            raise KeyboardInterrupt  # as if the process were killed here, after the step-6 checkpoint
+        return real_calc_loss_batch(*args)
+
+    monkeypatch.setattr(train_own_text, "calc_loss_batch", dies_in_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        train_own_text.main(tiny_run_args(story_file, path))
+    assert final_run(path)[0]["global_step"] == 6
+    monkeypatch.setattr(train_own_text, "calc_loss_batch", real_calc_loss_batch)
+    train_own_text.main(["--resume", "--checkpoint", str(path), "--device", "cpu"])
+    assert_same_run(final_run(path), uninterrupted)
+
+
+def test_kill_while_writing_keeps_previous_checkpoint(story_file, tmp_path, uninterrupted, monkeypatch):
+    path = tmp_path / "midwrite.pth"
+    real_save = torch.save
+    saves = []
+
+    def dies_while_writing(obj, file, *args, **kwargs):
+        saves.append(file)
+        if len(saves) < 2:
+            return real_save(obj, file, *args, **kwargs)
+        real_save(obj, file, *args, **kwargs)
+        with open(file, "r+b") as handle:  # half of the file is on disk when the process dies
+            handle.truncate(os.path.getsize(file) // 2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        train_own_text.main(tiny_run_args(story_file, path))
+    monkeypatch.setattr(torch, "save", real_save)
+    assert final_run(path)[0]["global_step"] == 2  # the step-4 save died; step 2's file is intact
+    Path(str(path) + ".stale.part").write_bytes(b"left by a killed run")
+    train_own_text.main(["--resume", "--checkpoint", str(path), "--device", "cpu"])
+    assert_same_run(final_run(path), uninterrupted)
+    assert not list(tmp_path.glob("midwrite.pth.*.part"))
+
+
+def test_damaged_checkpoints_give_clear_errors(story_file, tmp_path):
+    path = tmp_path / "good.pth"
+    train_own_text.main(tiny_run_args(story_file, path, "--epochs", "1"))
+    data = path.read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(data[:len(data) // 2])
+    (tmp_path / "garbage.pth").write_bytes(b"\x00not a checkpoint" * 100)
+    for name in ("truncated.pth", "garbage.pth"):
+        with pytest.raises(ScriptError, match="damaged, incomplete or not a PyTorch checkpoint"):
+            train_own_text.main(["--resume", "--checkpoint", str(tmp_path / name)])
+        with pytest.raises(ScriptError, match="damaged"):
+            generate_text.main(["hi", "--checkpoint", str(tmp_path / name)])
+    torch.manual_seed(0)
+    cfg = {"vocab_size": 50, "context_length": 8, "emb_dim": 8, "n_heads": 2, "n_layers": 1,
+           "drop_rate": 0.0, "qkv_bias": False}
+    save_checkpoint(tmp_path / "plain.pth", GPTModel(cfg), cfg)
+    with pytest.raises(ScriptError, match="holds no training state"):
+        train_own_text.main(["--resume", "--checkpoint", str(tmp_path / "plain.pth")])
+    with pytest.raises(ScriptError, match="already exists"):
+        train_own_text.main(tiny_run_args(story_file, path))
+
+
+def test_too_short_text_is_a_clear_error(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("Only a few words here.", encoding="utf-8")
+    with pytest.raises(ScriptError, match="too short.*--context-length"):
+        train_own_text.main(tiny_run_args(short, tmp_path / "a.pth"))
+    short.write_text(STORY[:200], encoding="utf-8")  # enough for a window, not for a batch of 16
+    with pytest.raises(ScriptError, match="fewer than one batch of --batch-size 16"):
+        train_own_text.main(tiny_run_args(short, tmp_path / "b.pth"))
+
+
+# ---- generation ----
+
+class ScriptedModel(torch.nn.Module):
+    """Stands in for a GPT: its next-token logits spell out `script`, one id per call."""
+
+    def __init__(self, script, vocab_size, prompt_length):
+        super().__init__()
+        self.script, self.vocab_size, self.prompt_length = script, vocab_size, prompt_length
+
+    def forward(self, idx):
+        logits = torch.zeros(idx.shape[0], idx.shape[1], self.vocab_size)
+        logits[:, -1, self.script[idx.shape[1] - self.prompt_length]] = 1.0
+        return logits
+
+
+def test_streaming_prints_whole_characters():
+    tokenizer = BPETokenizer.train("plain ascii text", 5)
+    script = list("é😀!".encode("utf-8")) + [tokenizer.eot_token]  # byte tokens split the characters
+    chunks = []
+    new_ids = generate_text.stream_generate(ScriptedModel(script, tokenizer.n_vocab, 1), torch.tensor([[1]]),
+                                            tokenizer, 20, 64, 0.0, None, tokenizer.eot_token, chunks.append)
+    assert new_ids == script[:-1]  # stopped at <|endoftext|>
+    assert "".join(chunks) == "é😀!"
+    assert [c for c in chunks if c] == ["é", "😀", "!"]  # never half a character
+
+
+def test_generate_cli_end_to_end(story_file, tmp_path):
+    outputs = tmp_path / "outputs"
+    result = run_script("train_own_text.py", "--quick", "--data", str(story_file), "--tokenizer", "bpe",
+                        "--bpe-merges", "30", "--context-length", "8", "--max-steps", "6",
+                        data_dir=tmp_path / "data", outputs_dir=outputs, timeout=120, env=ONE_THREAD)
+    assert "Training a byte-level BPE with 30 merges" in result.stdout
+    assert "Checkpoint:" in result.stdout and "(step 6 of 6)" in result.stdout
+    assert (outputs / "own_text-losses.png").is_file() and (outputs / "own_text-tokenizer.json").is_file()
+    result = run_script("generate_text.py", "The keeper", "--max-new-tokens", "12", "--seed", "1",
+                        data_dir=tmp_path / "data", outputs_dir=outputs, timeout=120, env=ONE_THREAD)
+    assert result.stdout.startswith("The keeper") and len(result.stdout) > len("The keeper\n")
+    assert "own BPE tokenizer (287 tokens)" in result.stderr  # 256 bytes + 30 merges + <|endoftext|>
+
+
+def test_generate_is_seeded_and_reads_gpt2_checkpoints(tmp_path, capsys, gpt2_tokenizer):
+    torch.manual_seed(0)
+    cfg = {"vocab_size": 50257, "context_length": 16, "emb_dim": 8, "n_heads": 2, "n_layers": 1,
+           "drop_rate": 0.0, "qkv_bias": False}
+    path = save_checkpoint(tmp_path / "model_and_optimizer.pth", GPTModel(cfg), cfg)  # as u_pretraining
+    args = ["Every effort moves you", "--checkpoint", str(path), "--max-new-tokens", "5", "--seed", "3"]
+    generate_text.main(args)
+    first = capsys.readouterr()
+    generate_text.main(args)
+    assert capsys.readouterr().out == first.out
+    assert first.out.startswith("Every effort moves you") and len(first.out) > 24
+    assert "GPT-2 tokenizer (50,257 tokens)" in first.err
+
+    sft = save_checkpoint(tmp_path / "gpt2-tiny-sft.pth", GPTModel(cfg), cfg)  # chapter 7's naming
+    generate_text.main(["Name a colour.", "--checkpoint", str(sft), "--max-new-tokens", "2"])
+    out = capsys.readouterr().out
+    assert out.startswith("Below is an instruction that describes a task.")
+    assert "### Instruction:\nName a colour.\n\n### Response:\n" in out
+
+
+def test_classifier_checkpoint_cannot_generate(tmp_path):
+    torch.manual_seed(0)
+    cfg = {"vocab_size": 50257, "context_length": 16, "emb_dim": 8, "n_heads": 2, "n_layers": 1,
+           "drop_rate": 0.0, "qkv_bias": False}
+    model = GPTModel(cfg)
+    model.out_head = torch.nn.Linear(8, 2)  # what chapter 6 does
+    path = save_checkpoint(tmp_path / "review_classifier.pth", model, cfg, num_classes=2)
+    with pytest.raises(ScriptError, match="classifier: its output layer scores 2 classes"):
+        generate_text.main(["hello", "--checkpoint", str(path)])
+    with pytest.raises(ScriptError, match="no checkpoint at"):
+        generate_text.main(["hello", "--checkpoint", str(tmp_path / "missing.pth")])
