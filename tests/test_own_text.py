@@ -161,13 +161,19 @@ def test_trained_bpe_encodes_like_tiktoken_with_the_same_vocabulary():
 
 
 def gpt2_files():
-    """encoder.json and vocab.bpe from tiktoken's cache (saved under the sha1 of their URLs)."""
-    cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR") or \
-        os.path.join(tempfile.gettempdir(), "data-gym-cache")
-    base = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
-    paths = [Path(cache) / hashlib.sha1((base + name).encode()).hexdigest()
-             for name in ("encoder.json", "vocab.bpe")]
-    return paths if all(p.is_file() for p in paths) else None
+    """encoder.json and vocab.bpe from tiktoken's cache, where they are saved under hashed names:
+    recognised by their first bytes (a JSON object; the "#version" header of the merges)."""
+    cache = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR") or
+                 os.path.join(tempfile.gettempdir(), "data-gym-cache"))
+    found = {}
+    for path in (cache.iterdir() if cache.is_dir() else []):
+        with open(path, "rb") as file:
+            head = file.read(16)
+        if head.startswith(b'{"') and b"!" in head:  # encoder.json starts {"!": 0, ...
+            found["encoder.json"] = path
+        elif head.startswith(b"#version"):
+            found["vocab.bpe"] = path
+    return [found["encoder.json"], found["vocab.bpe"]] if len(found) == 2 else None
 
 
 @pytest.fixture(scope="module")

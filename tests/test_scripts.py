@@ -129,7 +129,7 @@ def test_missing_story_without_network_gives_a_clear_message(tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("error: could not download the-verdict.txt")
-    assert "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/" in result.stderr
+    assert "raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/" in result.stderr
     assert f"put it at {data_dir / 'the-verdict.txt'}" in result.stderr
     assert list(data_dir.iterdir()) == []
 
