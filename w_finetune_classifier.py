@@ -278,6 +278,25 @@ def plot_values(epochs_seen, examples_seen, train_values, val_values, label="los
     return path
 
 
+def fine_tune(model, train_loader, val_loader, device, settings, loss_plot_path):
+    """Section 6.7's run: AdamW (seed 123) over the parameters that require grad, the training loop,
+    and the loss plot. Returns what train_classifier_simple returns."""
+    start_time = time.time()
+    torch.manual_seed(123)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"],
+                                  weight_decay=settings["weight_decay"])
+    results = train_classifier_simple(model, train_loader, val_loader, optimizer, device,
+                                      num_epochs=settings["num_epochs"], eval_freq=settings["eval_freq"],
+                                      eval_iter=settings["eval_iter"])
+    print(f"Training completed in {(time.time() - start_time) / 60:.2f} minutes.")
+    train_losses, val_losses, _, _, examples_seen = results
+    epochs_tensor = torch.linspace(0, settings["num_epochs"], len(train_losses))
+    examples_seen_tensor = torch.linspace(0, examples_seen, len(train_losses))
+    print("Saved", plot_values(epochs_tensor, examples_seen_tensor, train_losses, val_losses,
+                               path=loss_plot_path))
+    return results
+
+
 def classify_review(text, model, tokenizer, device, max_length=None, pad_token_id=50256):
     """Return "spam" or "not spam" for one message, prepared like the training data."""
     model.eval()
@@ -412,20 +431,10 @@ def main():
         test_loader = first_examples_loader(test_loader.dataset, num_examples)
         print(f"\n--quick: fine-tuning and evaluating on the first {num_examples} examples of each split "
               f"({len(train_loader)} / {len(val_loader)} / {len(test_loader)} batches)")
-    start_time = time.time()
-    torch.manual_seed(123)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"],
-                                  weight_decay=settings["weight_decay"])
+    print(f"\nFine-tuning for {settings['num_epochs']} epoch(s)")
+    train_losses, val_losses, train_accs, val_accs, examples_seen = fine_tune(
+        model, train_loader, val_loader, device, settings, output_path("loss-plot.png"))
     num_epochs = settings["num_epochs"]
-    print(f"\nFine-tuning for {num_epochs} epoch(s)")
-    train_losses, val_losses, train_accs, val_accs, examples_seen = train_classifier_simple(
-        model, train_loader, val_loader, optimizer, device, num_epochs=num_epochs,
-        eval_freq=settings["eval_freq"], eval_iter=settings["eval_iter"])
-    print(f"Training completed in {(time.time() - start_time) / 60:.2f} minutes.")
-
-    epochs_tensor = torch.linspace(0, num_epochs, len(train_losses))
-    examples_seen_tensor = torch.linspace(0, examples_seen, len(train_losses))
-    print("Saved", plot_values(epochs_tensor, examples_seen_tensor, train_losses, val_losses))
     epochs_tensor = torch.linspace(0, num_epochs, len(train_accs))
     examples_seen_tensor = torch.linspace(0, examples_seen, len(train_accs))
     print("Saved", plot_values(epochs_tensor, examples_seen_tensor, train_accs, val_accs, label="accuracy"))

@@ -9,7 +9,6 @@ Run: python z_lora.py                  (the book's run: GPT-2 124M, rank 16, alp
 
 import argparse
 import math
-import time
 
 import torch
 import torch.nn as nn
@@ -19,8 +18,8 @@ from d_tokenizer import get_gpt2_tokenizer
 from u_pretraining import save_checkpoint
 from v_load_gpt2_weights import add_starting_point_args, load_starting_point
 from w_finetune_classifier import (QUICK_CONFIG, QUICK_SETTINGS, build_classifier, calc_accuracy_loader,
-                                   create_spam_loaders, first_examples_loader, load_classifier,
-                                   plot_values, prepare_spam_splits, train_classifier_simple)
+                                   create_spam_loaders, fine_tune, first_examples_loader, load_classifier,
+                                   prepare_spam_splits)
 
 # The book's settings for appendix E (the same training recipe as chapter 6).
 LORA_RANK = 16   # inner dimension of the low-rank matrices A and B
@@ -166,22 +165,9 @@ def main():
     torch.manual_seed(123)
     print_accuracies(train_loader, val_loader, test_loader, model, device, num_batches=10)
 
-    start_time = time.time()
-    torch.manual_seed(123)
     # AdamW skips the frozen parameters: they never get a gradient
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"],
-                                  weight_decay=settings["weight_decay"])
-    num_epochs = settings["num_epochs"]
-    print(f"\nFine-tuning the LoRA parameters for {num_epochs} epoch(s)")
-    train_losses, val_losses, train_accs, val_accs, examples_seen = train_classifier_simple(
-        model, train_loader, val_loader, optimizer, device, num_epochs=num_epochs,
-        eval_freq=settings["eval_freq"], eval_iter=settings["eval_iter"])
-    print(f"Training completed in {(time.time() - start_time) / 60:.2f} minutes.")
-
-    epochs_tensor = torch.linspace(0, num_epochs, len(train_losses))
-    examples_seen_tensor = torch.linspace(0, examples_seen, len(train_losses))
-    print("Saved", plot_values(epochs_tensor, examples_seen_tensor, train_losses, val_losses,
-                               path=output_path("lora-loss-plot.png")))
+    print(f"\nFine-tuning the LoRA parameters for {settings['num_epochs']} epoch(s)")
+    fine_tune(model, train_loader, val_loader, device, settings, output_path("lora-loss-plot.png"))
     print("\nAfter fine-tuning (all batches):")
     print_accuracies(train_loader, val_loader, test_loader, model, device)
 
