@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -308,13 +307,13 @@ def save_checkpoint(path, model, cfg, optimizer=None, **extra):
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-    os.close(handle)
+    # A name of our own rather than tempfile.mkstemp, whose files only their owner can read.
+    temp_path = path.with_name(f"{path.name}.{os.getpid()}.part")
     try:
-        torch.save(checkpoint, temp_name)
-        os.replace(temp_name, path)
+        torch.save(checkpoint, temp_path)
+        os.replace(temp_path, path)
     finally:
-        Path(temp_name).unlink(missing_ok=True)
+        temp_path.unlink(missing_ok=True)
     return path
 
 

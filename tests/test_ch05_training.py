@@ -114,6 +114,45 @@ def test_training_lowers_the_loss_and_is_reproducible(capsys):
     assert run_training(seed=7, num_epochs=1)[0] != train_losses[:len(train_losses) // 3]
 
 
+def test_train_model_simple_makes_the_books_random_draws():
+    """The book's log reproduces only if every random draw (loader shuffles, dropout) comes in the
+    book's order: the plain loop below is the book's, step for step."""
+    def books_loop(model, train_loader, val_loader, optimizer, num_epochs, eval_freq, eval_iter):
+        losses, global_step = [], -1
+        for _ in range(num_epochs):
+            model.train()
+            for input_batch, target_batch in train_loader:
+                optimizer.zero_grad()
+                loss = calc_loss_batch(input_batch, target_batch, model, "cpu")
+                loss.backward()
+                optimizer.step()
+                global_step += 1
+                if global_step % eval_freq == 0:
+                    model.eval()
+                    with torch.no_grad():
+                        losses.append((calc_loss_loader(train_loader, model, "cpu", eval_iter),
+                                       calc_loss_loader(val_loader, model, "cpu", eval_iter)))
+                    model.train()
+        return losses
+
+    torch.manual_seed(123)
+    train_loader, val_loader = make_loaders()
+    results = []
+    for use_books_loop in (True, False):
+        torch.manual_seed(123)
+        model = GPTModel({**TINY_CFG, "drop_rate": 0.5})
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.004, weight_decay=0.1)
+        if use_books_loop:
+            results.append(books_loop(model, train_loader, val_loader, optimizer, 2, 3, 2))
+        else:
+            # Samples decode greedily: no random draws, so the book's loop may leave them out.
+            train_losses, val_losses, _ = train_model_simple(
+                model, train_loader, val_loader, optimizer, "cpu", num_epochs=2, eval_freq=3,
+                eval_iter=2, start_context="Every", tokenizer=CharTokenizer())
+            results.append(list(zip(train_losses, val_losses)))
+    assert results[0] == results[1]
+
+
 # ---- u: decoding ----
 
 class CountingModel(torch.nn.Module):
@@ -227,6 +266,9 @@ def test_save_and_load_checkpoint(tmp_path):
     path = save_checkpoint(tmp_path / "sub" / "ckpt.pth", model, TINY_CFG, optimizer, epoch=2,
                            note="tiny")
     assert [p.name for p in path.parent.iterdir()] == ["ckpt.pth"]  # no temporary file left
+    plain = tmp_path / "plain.pth"
+    torch.save({}, plain)
+    assert path.stat().st_mode == plain.stat().st_mode  # as readable as any file torch.save writes
 
     checkpoint = load_checkpoint(path)
     assert checkpoint["config"] == TINY_CFG
