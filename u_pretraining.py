@@ -135,10 +135,10 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
         for batches in accumulation_groups(train_loader, grad_accum_steps):
             optimizer.zero_grad()  # gradients from the previous step would add up otherwise
             for i, (input_batch, target_batch) in enumerate(batches):
-                with autocast_context(device, autocast_dtype), \
-                        gradient_sync_context(model, sync=i == len(batches) - 1):
-                    loss = calc_loss_batch(input_batch, target_batch, model, device)
-                    (loss / len(batches)).backward()
+                with gradient_sync_context(model, sync=i == len(batches) - 1):
+                    with autocast_context(device, autocast_dtype):
+                        loss = calc_loss_batch(input_batch, target_batch, model, device)
+                    (loss / len(batches)).backward()  # backward runs in the forward pass's dtypes
                 tokens_seen += input_batch.numel()
             optimizer.step()
             global_step += 1
@@ -597,6 +597,8 @@ def pretrain_distributed(args):
             global_batch = settings["batch_size"] * world_size * args.grad_accum
             print(f"Device: {device}, {world_size} processes ({backend}); global batch {global_batch}"
                   + (f"; {used}" if used else ""))
+            if args.appendix_d:
+                print("(under torchrun only 5.2 runs; run --appendix-d without torchrun)")
             print(f"\n5.2 Training for {num_epochs} epochs, {len(train_loader)} batches per process "
                   "per epoch")
 
