@@ -164,6 +164,19 @@ def fetch_gpt2_params(model, weights="tf", models_dir=None):
         ) from error
 
 
+def add_training_args(parser, default_epochs, quick_epochs):
+    """--device and --epochs, shared by the fine-tuning scripts (chapters 6, 7, appendix E)."""
+    def positive_int(text):
+        value = int(text)
+        if value < 1:
+            raise argparse.ArgumentTypeError("must be at least 1")
+        return value
+
+    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
+    parser.add_argument("--epochs", type=positive_int, default=None,
+                        help=f"training epochs (default {default_epochs}, {quick_epochs} with --quick)")
+
+
 def add_starting_point_args(parser, default_model):
     """The flags that pick the model chapters 6, 7 and appendix E start from."""
     def model_argument(text):

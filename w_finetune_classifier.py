@@ -20,7 +20,8 @@ from d_tokenizer import get_gpt2_tokenizer
 from s_gpt_model import GPTModel, generate_text_simple
 from t_pretraining_basics import text_to_token_ids, token_ids_to_text
 from u_pretraining import load_checkpoint, save_checkpoint
-from v_load_gpt2_weights import BASE_CONFIG, add_starting_point_args, load_starting_point
+from v_load_gpt2_weights import (BASE_CONFIG, add_starting_point_args, add_training_args,
+                                  load_starting_point)
 
 # The UCI SMS Spam Collection; the book's mirror is the backup when UCI is unreachable.
 URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
@@ -334,18 +335,13 @@ def load_classifier(path, device="cpu"):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help=f"training epochs (default {SETTINGS['num_epochs']}, "
-                             f"{QUICK_SETTINGS['num_epochs']} with --quick)")
+    add_training_args(parser, SETTINGS["num_epochs"], QUICK_SETTINGS["num_epochs"])
     add_starting_point_args(parser, default_model="124M")
     parser.add_argument("--quick", action="store_true",
                         help="a tiny randomly initialised model and one short epoch, to check the setup")
     args = parser.parse_args()
     settings = dict(QUICK_SETTINGS if args.quick else SETTINGS)
     if args.epochs is not None:
-        if args.epochs < 1:
-            parser.error("--epochs must be at least 1")
         settings["num_epochs"] = args.epochs
 
     # 6.2 Preparing the dataset

@@ -27,7 +27,7 @@ from gpt_download import (DATA_DIR, OUTPUTS_DIR, ScriptError, download_file, get
 from d_tokenizer import get_gpt2_tokenizer
 from t_pretraining_basics import text_to_token_ids, token_ids_to_text
 from u_pretraining import calc_loss_loader, generate, plot_losses, save_checkpoint, train_model_simple
-from v_load_gpt2_weights import add_starting_point_args, load_starting_point
+from v_load_gpt2_weights import add_starting_point_args, add_training_args, load_starting_point
 
 # 1,100 instruction-response pairs that the book made for this chapter.
 INSTRUCTION_DATA_URL = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/"
@@ -298,10 +298,7 @@ def checkpoint_name(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help=f"training epochs (default {SETTINGS['num_epochs']}, "
-                             f"{QUICK_SETTINGS['num_epochs']} with --quick)")
+    add_training_args(parser, SETTINGS["num_epochs"], QUICK_SETTINGS["num_epochs"])
     add_starting_point_args(parser, default_model=CHOOSE_MODEL)
     parser.add_argument("--quick", action="store_true",
                         help=f"a tiny randomly initialised model, the first {QUICK_NUM_ENTRIES} entries, "
@@ -312,8 +309,6 @@ def main():
     parser.add_argument("--score-only", metavar="PATH",
                         help=f"only score the responses in PATH (e.g. outputs/{RESPONSES_FILE}), no training")
     args = parser.parse_args()
-    if args.epochs is not None and args.epochs < 1:
-        parser.error("--epochs must be at least 1")
     if urllib.parse.urlsplit(args.ollama_url).scheme not in ("http", "https"):
         parser.error(f"--ollama-url should look like {OLLAMA_URL}")
     if args.score_only:

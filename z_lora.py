@@ -16,7 +16,7 @@ import torch.nn as nn
 from gpt_download import get_device, output_path, run_main
 from d_tokenizer import get_gpt2_tokenizer
 from u_pretraining import save_checkpoint
-from v_load_gpt2_weights import add_starting_point_args, load_starting_point
+from v_load_gpt2_weights import add_starting_point_args, add_training_args, load_starting_point
 from w_finetune_classifier import (QUICK_CONFIG, QUICK_SETTINGS, build_classifier, calc_accuracy_loader,
                                    create_spam_loaders, fine_tune, first_examples_loader, load_classifier,
                                    prepare_spam_splits)
@@ -103,10 +103,7 @@ def print_accuracies(train_loader, val_loader, test_loader, model, device, num_b
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help=f"training epochs (default {SETTINGS['num_epochs']}, "
-                             f"{QUICK_SETTINGS['num_epochs']} with --quick)")
+    add_training_args(parser, SETTINGS["num_epochs"], QUICK_SETTINGS["num_epochs"])
     parser.add_argument("--rank", type=int, default=LORA_RANK, help=f"LoRA rank (default {LORA_RANK})")
     parser.add_argument("--alpha", type=float, default=LORA_ALPHA, help=f"LoRA alpha (default {LORA_ALPHA})")
     parser.add_argument("--scale-by-rank", action="store_true",
@@ -120,8 +117,6 @@ def main():
     args = parser.parse_args()
     if args.rank < 1:
         parser.error("--rank must be at least 1")
-    if args.epochs is not None and args.epochs < 1:
-        parser.error("--epochs must be at least 1")
     settings = dict(QUICK_SETTINGS if args.quick else SETTINGS)
     if args.epochs is not None:
         settings["num_epochs"] = args.epochs
