@@ -4,7 +4,7 @@ Book sections 2.1-2.2. Run: python a_tokenizer.py"""
 import re
 from pathlib import Path
 
-from gpt_download import DATA_DIR, download_file, run_main
+from plumbing import DATA_DIR, download_file, run_main
 
 # The book's training text: Edith Wharton's public-domain short story, as the book's repository serves it.
 VERDICT_URL = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/"

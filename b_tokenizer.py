@@ -4,7 +4,7 @@ Book section 2.3. Run: python b_tokenizer.py"""
 import re
 
 from a_tokenizer import load_verdict, split_text
-from gpt_download import run_main
+from plumbing import run_main
 
 TEXT = """"It's the last he painted, you know,"
        Mrs. Gisburn said with pardonable pride."""

@@ -3,7 +3,7 @@ Book section 2.4. Run: python c_tokenizer.py"""
 
 from a_tokenizer import load_verdict, split_text
 from b_tokenizer import SimpleTokenizerV1, build_vocab
-from gpt_download import run_main
+from plumbing import run_main
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|unk|>"]
 

@@ -3,7 +3,7 @@ Book section 2.5. Run: python d_tokenizer.py"""
 
 from importlib.metadata import version
 
-from gpt_download import ScriptError, run_main
+from plumbing import ScriptError, run_main
 
 TEXT = "Hello, do you like tea? <|endoftext|> In the sunlit terraces of someunknownPlace."
 

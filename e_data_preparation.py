@@ -6,7 +6,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from a_tokenizer import load_verdict
 from d_tokenizer import get_gpt2_tokenizer
-from gpt_download import run_main
+from plumbing import run_main
 
 
 class GPTDatasetV1(Dataset):

@@ -3,7 +3,7 @@ Book section 2.7. Run: python f_embeddings.py"""
 
 import torch
 
-from gpt_download import run_main
+from plumbing import run_main
 
 VOCAB_SIZE = 6  # a tiny vocabulary and embedding size, so the whole weight matrix fits on screen
 OUTPUT_DIM = 3

@@ -5,7 +5,7 @@ import torch
 
 from a_tokenizer import load_verdict
 from e_data_preparation import create_dataloader_v1
-from gpt_download import run_main
+from plumbing import run_main
 
 VOCAB_SIZE = 50257  # the GPT-2 tokenizer's vocabulary
 OUTPUT_DIM = 256    # GPT-2 small uses 768; 256 keeps the demo light

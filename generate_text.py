@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-from gpt_download import OUTPUTS_DIR, ScriptError, get_device, run_main
 from own_tokenizers import ENDOFTEXT, CharTokenizer, tokenizer_from_dict
-from u_pretraining import generate, load_checkpoint, model_from_checkpoint
+from plumbing import OUTPUTS_DIR, ScriptError, get_device, run_main
+from checkpoints import load_checkpoint, model_from_checkpoint
+from u_pretraining import generate
 
 DEFAULT_CHECKPOINT = OUTPUTS_DIR / "own_text.pth"
 GPT2_VOCAB_SIZE = 50257

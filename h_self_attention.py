@@ -3,7 +3,7 @@ with matrix products (no trainable weights yet). Book section 3.3. Run: python h
 
 import torch
 
-from gpt_download import run_main
+from plumbing import run_main
 
 # "Your journey starts with one step" as six 3-dimensional embeddings (made up, as in the book).
 inputs = torch.tensor(
@@ -31,7 +31,7 @@ def main():
 
     # A dot product is just the sum of the element-wise products.
     res = 0.0
-    for idx, element in enumerate(inputs[0]):
+    for idx, element in enumerate(inputs[0]):  # noqa: B007  (the book's loop)
         res += inputs[0][idx] * query[idx]
     print("\nx^1 . x^2 with a loop:", res)
     print("x^1 . x^2 with torch.dot:", torch.dot(inputs[0], query))

@@ -4,8 +4,8 @@ compact class SelfAttention_v1. Book section 3.4.1. Run: python i_compact_self_a
 import torch
 import torch.nn as nn
 
-from gpt_download import run_main
 from h_self_attention import inputs
+from plumbing import run_main
 
 
 class SelfAttention_v1(nn.Module):

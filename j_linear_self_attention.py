@@ -5,9 +5,9 @@ Book sections 3.4.2-3.5.2. Run: python j_linear_self_attention.py"""
 import torch
 import torch.nn as nn
 
-from gpt_download import run_main
 from h_self_attention import inputs
 from i_compact_self_attention import SelfAttention_v1
+from plumbing import run_main
 
 
 class SelfAttention_v2(nn.Module):

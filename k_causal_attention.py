@@ -4,8 +4,8 @@ Book section 3.5.3. Run: python k_causal_attention.py"""
 import torch
 import torch.nn as nn
 
-from gpt_download import run_main
 from h_self_attention import inputs
+from plumbing import run_main
 
 
 class CausalAttention(nn.Module):

@@ -4,9 +4,9 @@ Book section 3.6.1. Run: python l_multi_head_attention.py"""
 import torch
 import torch.nn as nn
 
-from gpt_download import run_main
 from h_self_attention import inputs
 from k_causal_attention import CausalAttention
+from plumbing import run_main
 
 
 class MultiHeadAttentionWrapper(nn.Module):

@@ -6,7 +6,7 @@ Run: python n_dummy_gpt_model.py
 import torch
 import torch.nn as nn
 
-from gpt_download import run_main
+from plumbing import run_main
 
 GPT_CONFIG_124M = {
     "vocab_size": 50257,     # the GPT-2 BPE vocabulary (tiktoken "gpt2")

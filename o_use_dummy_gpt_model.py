@@ -4,8 +4,8 @@ Book section 4.1. Run: python o_use_dummy_gpt_model.py"""
 import torch
 
 from d_tokenizer import get_gpt2_tokenizer
-from gpt_download import run_main
 from n_dummy_gpt_model import GPT_CONFIG_124M, DummyGPTModel
+from plumbing import run_main
 
 TEXTS = ["Every effort moves you", "Every day holds a"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import regex  # the `regex` package knows \p{L} and \p{N}; the standard `re` does not
 
-from gpt_download import DATA_DIR, ScriptError, run_main
+from plumbing import DATA_DIR, ScriptError, run_main
 
 # GPT-2's pre-split (tiktoken's "r50k" pattern): contractions, letters, digits, other symbols
 # each with an optional leading space, and whitespace runs. BPE never merges across these pieces.

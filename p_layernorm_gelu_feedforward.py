@@ -6,8 +6,8 @@ Run: python p_layernorm_gelu_feedforward.py
 import torch
 import torch.nn as nn
 
-from gpt_download import output_path, run_main
 from n_dummy_gpt_model import GPT_CONFIG_124M
+from plumbing import output_path, run_main
 
 
 class LayerNorm(nn.Module):

@@ -4,8 +4,8 @@ Book section 4.4. Run: python q_shortcut_dnn.py"""
 import torch
 import torch.nn as nn
 
-from gpt_download import run_main
 from p_layernorm_gelu_feedforward import GELU
+from plumbing import run_main
 
 LAYER_SIZES = [3, 3, 3, 3, 3, 1]  # five layers; the last one maps to a single output
 

@@ -6,12 +6,11 @@ Run: python r_transformer_block.py
 import torch
 import torch.nn as nn
 
-from gpt_download import run_main
-from m_efficient_multi_head_attention import (FastMultiHeadAttention, MultiHeadAttention,
-                                              multi_head_attention_with_cache)
+from fast_attention import FastMultiHeadAttention, attend_with_cache
+from m_efficient_multi_head_attention import MultiHeadAttention
 from n_dummy_gpt_model import GPT_CONFIG_124M
 from p_layernorm_gelu_feedforward import FeedForward, LayerNorm
-
+from plumbing import run_main
 
 # The attention a config can ask for with its optional "attention" key (default: the book's).
 ATTENTION_CLASSES = {"book": MultiHeadAttention, "fast": FastMultiHeadAttention}
@@ -43,12 +42,8 @@ class TransformerBlock(nn.Module):
     def forward(self, x, kv_cache=None):
         shortcut = x
         x = self.norm1(x)  # pre-LayerNorm: normalise before the sublayer, as GPT-2 does
-        if kv_cache is None:
-            x = self.att(x)
-        elif isinstance(self.att, MultiHeadAttention):
-            x = multi_head_attention_with_cache(self.att, x, kv_cache)
-        else:
-            x = self.att(x, kv_cache)
+        # kv_cache (beyond the book, fast_attention.py): x continues the tokens cached so far
+        x = self.att(x) if kv_cache is None else attend_with_cache(self.att, x, kv_cache)
         x = self.drop_shortcut(x)
         x = x + shortcut
 

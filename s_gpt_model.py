@@ -7,11 +7,10 @@ import torch
 import torch.nn as nn
 
 from d_tokenizer import get_gpt2_tokenizer
-from gpt_download import run_main
-from m_efficient_multi_head_attention import KVCache
 from n_dummy_gpt_model import GPT_CONFIG_124M
 from o_use_dummy_gpt_model import tokenize_batch
 from p_layernorm_gelu_feedforward import LayerNorm
+from plumbing import run_main
 from r_transformer_block import TransformerBlock
 
 REQUIRED_CONFIG_KEYS = tuple(GPT_CONFIG_124M)
@@ -45,8 +44,8 @@ class GPTModel(nn.Module):
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
 
     def forward(self, in_idx, kv_cache=None):
-        """kv_cache (optional, see new_kv_cache): in_idx continues the tokens already in the cache,
-        so its positions start after them and its tokens also attend to them."""
+        """kv_cache (beyond the book, see fast_attention.new_kv_cache): in_idx continues the tokens
+        already in the cache, so its positions start after them and its tokens also attend to them."""
         batch_size, seq_len = in_idx.shape
         context_length = self.pos_emb.num_embeddings
         start = 0 if kv_cache is None else kv_cache[0].length
@@ -77,51 +76,6 @@ def generate_text_simple(model, idx, max_new_tokens, context_size):
         idx_next = torch.argmax(probas, dim=-1, keepdim=True)
         idx = torch.cat((idx, idx_next), dim=1)
     return idx
-
-
-def new_kv_cache(model, batch_size, max_len=None):
-    """One pre-allocated KVCache per transformer block for up to max_len positions (default: the
-    model's context length), to pass as GPTModel's kv_cache."""
-    max_len = max_len or model.pos_emb.num_embeddings
-    weight = model.out_head.weight
-    caches = []
-    for block in model.trf_blocks:
-        caches.append(KVCache(batch_size, block.att.num_heads, max_len, block.att.head_dim,
-                              device=weight.device, dtype=weight.dtype))
-    return caches
-
-
-class CachedNextTokenLogits:
-    """Gives what model(idx[:, -context_size:])[:, -1, :] gives, but keeps the keys and values of
-    the tokens it has seen, so each call only runs the tokens added since the last call.
-
-    While idx fits in context_size, a new token is one short forward pass. Once it does not, the
-    window slides and every position changes (the embeddings are absolute), so, like the book's
-    loop, each step runs the whole window of the last context_size tokens again."""
-
-    def __init__(self, model, context_size):
-        self.model = model
-        self.context_size = context_size  # beyond the model's context, GPTModel raises as in the book
-        self.kv_cache = None
-        self.seen = 0  # tokens of idx whose keys and values are in the cache
-
-    def __call__(self, idx):
-        """idx: (batch, n) token ids that extend the idx of the previous call."""
-        if self.kv_cache is None or self.kv_cache[0].keys.shape[0] != idx.shape[0]:
-            max_len = min(self.context_size, self.model.pos_emb.num_embeddings)
-            self.kv_cache = new_kv_cache(self.model, idx.shape[0], max_len)
-            self.seen = 0
-        num_new = idx.shape[1] - self.seen
-        if num_new < 1 or self.kv_cache[0].length + num_new > self.context_size:
-            for layer_cache in self.kv_cache:
-                layer_cache.reset()
-            new_tokens = idx[:, -self.context_size:]
-        else:
-            new_tokens = idx[:, self.seen:]
-        with torch.no_grad():
-            logits = self.model(new_tokens, kv_cache=self.kv_cache)
-        self.seen = idx.shape[1]
-        return logits[:, -1, :]
 
 
 def count_parameters(model):

@@ -4,8 +4,8 @@ Book section 5.1. Run: python t_pretraining_basics.py"""
 import torch
 
 from d_tokenizer import get_gpt2_tokenizer
-from gpt_download import run_main
 from n_dummy_gpt_model import GPT_CONFIG_124M as GPT_CONFIG_124M_1024
+from plumbing import run_main
 from s_gpt_model import GPTModel, generate_text_simple
 
 # Chapter 5 shortens the context from 1,024 to 256 tokens so that training fits a laptop.

@@ -23,12 +23,20 @@ from torch.utils.data import DataLoader, Subset
 
 from d_tokenizer import get_gpt2_tokenizer
 from e_data_preparation import GPTDatasetV1
-from gpt_download import DATA_DIR, ScriptError, download_file, get_device, output_path, run_main
-from own_tokenizers import ENDOFTEXT, BPETokenizer, CharTokenizer, load_tokenizer, save_tokenizer
-from own_tokenizers import tokenizer_from_dict, tokenizer_to_dict
+from own_tokenizers import (
+    ENDOFTEXT,
+    BPETokenizer,
+    CharTokenizer,
+    load_tokenizer,
+    save_tokenizer,
+    tokenizer_from_dict,
+    tokenizer_to_dict,
+)
+from plumbing import DATA_DIR, ScriptError, download_file, get_device, output_path, run_main
 from s_gpt_model import GPTModel
-from u_pretraining import (calc_loss_batch, evaluate_model, generate_and_print_sample, load_checkpoint,
-                           lr_at_step, plot_losses, save_checkpoint)
+from appendix_d import lr_at_step
+from checkpoints import load_checkpoint, save_checkpoint
+from u_pretraining import calc_loss_batch, evaluate_model, generate_and_print_sample, plot_losses
 
 # A small GPT (3.2M parameters with the char tokenizer) that a laptop CPU can train. vocab_size
 # comes from the tokenizer. GPT-2 124M is {"context_length": 1024, "emb_dim": 768, "n_heads": 12, "n_layers": 12}.
@@ -192,7 +200,7 @@ def set_rng_states(states, device):
 
 
 def write_checkpoint(path, model, cfg, optimizer, tokenizer, settings, state, device):
-    """Everything a resumed run needs, atomically (u_pretraining.save_checkpoint writes a temporary
+    """Everything a resumed run needs, atomically (checkpoints.save_checkpoint writes a temporary
     file and renames it, so a kill mid-write leaves the previous checkpoint as it was)."""
     return save_checkpoint(path, model, cfg, optimizer, tokenizer=tokenizer_to_dict(tokenizer),
                            run_settings=settings, train_state={**state, "rng": rng_states(device)})

@@ -1,31 +1,33 @@
-"""Pretrain the GPT model on "The Verdict", then decode with temperature and top-k, save and reload
-the model and optimizer, and (appendix D) train with warmup, cosine decay and gradient clipping.
-Book sections 5.1-5.4 and appendix D.
+"""Pretrain the GPT model on "The Verdict", then decode with temperature and top-k, and save and
+reload the model and optimizer. Book sections 5.1-5.4.
 
-Run: python u_pretraining.py                 the book's run (on CPU it prints the book's loss log)
-     python u_pretraining.py --quick         a tiny model for a few steps, to check that all runs
-     python u_pretraining.py --appendix-d    also train with appendix D's train_model
-Beyond the book (see README, "Fast paths"):
-     python u_pretraining.py --fast          5.2 with fast attention, fused AdamW, bfloat16 autocast, TF32
-     python u_pretraining.py --compile --grad-accum 4     torch.compile; 4 batches per optimizer step
-     torchrun --nproc_per_node=2 u_pretraining.py --fast  5.2 alone, data parallel (DDP) on 2 GPUs
-                                             (or 2 CPU processes with --device cpu); rank 0 saves
+Run: python u_pretraining.py            the book's run (on CPU it prints the book's loss log)
+     python u_pretraining.py --quick    a tiny model for a few steps, to check that all runs
+Next to this chapter: appendix_d.py (warmup, cosine decay, clipping) and fast_pretraining.py
+(the same training, faster, and on several GPUs with torchrun).
 """
 
 import argparse
-import contextlib
-import math
-import os
 import time
-from pathlib import Path
 
 import torch
 
 from a_tokenizer import load_verdict
+from checkpoints import load_checkpoint, save_checkpoint
 from d_tokenizer import get_gpt2_tokenizer
 from e_data_preparation import create_dataloader_v1
-from gpt_download import ScriptError, get_device, output_path, run_main
-from s_gpt_model import CachedNextTokenLogits, GPTModel, generate_text_simple
+from fast_attention import CachedNextTokenLogits
+from plumbing import (
+    ScriptError,
+    add_device_arg,
+    add_quick_and_epochs_args,
+    book_or_quick,
+    get_device,
+    output_path,
+    run_main,
+    save_figure,
+)
+from s_gpt_model import GPTModel, generate_text_simple
 from t_pretraining_basics import GPT_CONFIG_124M, START_CONTEXT, text_to_token_ids, token_ids_to_text
 
 # The model is GPT_CONFIG_124M from t_pretraining_basics: GPT-2 124M with a 256-token context.
@@ -42,22 +44,9 @@ TRAIN_SETTINGS = {
     "continue_epochs": 1,    # epochs of training after reloading the checkpoint (exercise 5.4)
 }
 
-# Appendix D: warm up linearly for the first 20% of the steps, then decay along a cosine.
-APPENDIX_D_SETTINGS = {
-    "num_epochs": 15,
-    "warmup_fraction": 0.2,
-    "peak_lr": 0.001,        # the book's errata: 0.001 (the printed 5e-4 was a mistake)
-    "initial_lr": 1e-5,
-    "min_lr": 1e-5,
-    "weight_decay": 0.1,
-    "eval_freq": 5,
-    "eval_iter": 1,
-}
-
 # --quick: a tiny model on the first 3,000 characters, to check in seconds that everything runs.
 QUICK_CONFIG = {**GPT_CONFIG_124M, "context_length": 32, "emb_dim": 32, "n_heads": 2, "n_layers": 2}
 QUICK_SETTINGS = {**TRAIN_SETTINGS, "num_epochs": 2, "eval_iter": 2}
-QUICK_APPENDIX_D_SETTINGS = {**APPENDIX_D_SETTINGS, "num_epochs": 2, "eval_iter": 2}
 QUICK_MAX_CHARS = 3_000
 
 SEED = 123
@@ -118,43 +107,31 @@ def generate_and_print_sample(model, tokenizer, device, start_context):
 
 
 def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs,
-                       eval_freq, eval_iter, start_context, tokenizer,
-                       grad_accum_steps=1, autocast_dtype=None, is_main_process=True):
-    """The book's training loop. The extra arguments (defaults: the book's loop) serve the fast
-    paths: grad_accum_steps batches add up their gradients before each optimizer step;
-    autocast_dtype (e.g. torch.bfloat16) runs forward passes in mixed precision; in a DDP run,
-    is_main_process=False (every rank but 0) trains without evaluating or printing."""
+                       eval_freq, eval_iter, start_context, tokenizer):
+    """The book's training loop: one optimizer step per batch, an evaluation every eval_freq
+    steps, a sample after every epoch. Returns (train_losses, val_losses, track_tokens_seen)."""
     train_losses, val_losses, track_tokens_seen = [], [], []
     tokens_seen, global_step = 0, -1
-    eval_model = unwrap_model(model)  # evaluation and samples need no DDP or compiled wrapper
 
     for epoch in range(num_epochs):
         model.train()
-        if hasattr(train_loader.sampler, "set_epoch"):  # DistributedSampler: new order each epoch
-            train_loader.sampler.set_epoch(epoch)
-        for batches in accumulation_groups(train_loader, grad_accum_steps):
+        for input_batch, target_batch in train_loader:
             optimizer.zero_grad()  # gradients from the previous step would add up otherwise
-            for i, (input_batch, target_batch) in enumerate(batches):
-                with gradient_sync_context(model, sync=i == len(batches) - 1):
-                    with autocast_context(device, autocast_dtype):
-                        loss = calc_loss_batch(input_batch, target_batch, model, device)
-                    (loss / len(batches)).backward()  # backward runs in the forward pass's dtypes
-                tokens_seen += input_batch.numel()
+            loss = calc_loss_batch(input_batch, target_batch, model, device)
+            loss.backward()
             optimizer.step()
+            tokens_seen += input_batch.numel()
             global_step += 1
 
-            if global_step % eval_freq == 0 and is_main_process:
-                with autocast_context(device, autocast_dtype):
-                    train_loss, val_loss = evaluate_model(eval_model, train_loader, val_loader, device,
-                                                          eval_iter)
+            if global_step % eval_freq == 0:
+                train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device, eval_iter)
                 train_losses.append(train_loss)
                 val_losses.append(val_loss)
                 track_tokens_seen.append(tokens_seen)
                 print(f"Ep {epoch + 1} (Step {global_step:06d}): "
                       f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
 
-        if is_main_process:
-            generate_and_print_sample(eval_model, tokenizer, device, start_context)
+        generate_and_print_sample(model, tokenizer, device, start_context)
 
     return train_losses, val_losses, track_tokens_seen
 
@@ -175,11 +152,7 @@ def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path):
     ax2 = ax1.twiny()  # a second x axis sharing the y axis
     ax2.plot(tokens_seen, train_losses, alpha=0)  # invisible: only sets the axis range
     ax2.set_xlabel("Tokens seen")
-
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ---- 5.3 decoding strategies ----
@@ -262,361 +235,7 @@ def plot_temperatures(scaled_probas, temperatures, vocab, path):
     ax.set_xticks(x)
     ax.set_xticklabels(vocab.keys(), rotation=90)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-# ---- 5.4 saving and loading: one format for every checkpoint of the series ----
-
-_LOADABLE_TYPES = (type(None), bool, int, float, str, bytes, torch.Tensor, torch.dtype, torch.device,
-                   torch.Size)
-
-
-def _check_loadable(value, name):
-    """torch.load(weights_only=True) reads only tensors and plain Python values: refuse the rest now,
-    not when someone tries to load the file."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_loadable(key, f"a key of {name}")
-            _check_loadable(item, f"{name}[{key!r}]")
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_loadable(item, f"{name}[{i}]")
-    elif not isinstance(value, _LOADABLE_TYPES):
-        raise ValueError(f"{name} is a {type(value).__name__}, which torch.load(weights_only=True) "
-                         "cannot read back; store numbers, strings, lists, dicts or tensors")
-
-
-def save_checkpoint(path, model, cfg, optimizer=None, **extra):
-    """Save {"model_state_dict", "config", ["optimizer_state_dict"], **extra} to `path`.
-
-    Written to a temporary file that is renamed into place, so an interrupted save never leaves a
-    half-written checkpoint behind. Returns the path."""
-    reserved = {"model_state_dict", "config", "optimizer_state_dict"} & set(extra)
-    if reserved:
-        raise ValueError(f"{sorted(reserved)[0]!r} is set by save_checkpoint itself; use another name")
-    checkpoint = {"model_state_dict": model.state_dict(), "config": dict(cfg)}
-    if optimizer is not None:
-        checkpoint["optimizer_state_dict"] = optimizer.state_dict()
-    checkpoint.update(extra)
-    _check_loadable(checkpoint["config"], "config")
-    for key, value in extra.items():
-        _check_loadable(value, key)
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A name of our own rather than tempfile.mkstemp, whose files only their owner can read.
-    temp_path = path.with_name(f"{path.name}.{os.getpid()}.part")
-    try:
-        torch.save(checkpoint, temp_path)
-        os.replace(temp_path, path)
-    finally:
-        temp_path.unlink(missing_ok=True)
-    return path
-
-
-def load_checkpoint(path, device="cpu"):
-    """Read a checkpoint written by save_checkpoint, with its tensors on `device`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ScriptError(f"there is no checkpoint at {path}; python u_pretraining.py writes "
-                          "outputs/model_and_optimizer.pth (or check the path)")
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:  # truncated zip, random bytes, pickled objects ...
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ScriptError(f"cannot read the checkpoint {path}: it is damaged, incomplete or not a "
-                          f"PyTorch checkpoint ({reason}); delete it and create it again") from error
-    if not isinstance(checkpoint, dict) or "model_state_dict" not in checkpoint:
-        raise ScriptError(f"{path} is not a checkpoint of this series: it has no 'model_state_dict'")
-    return checkpoint
-
-
-def model_from_checkpoint(path, device="cpu"):
-    """Rebuild the GPTModel saved in `path` from the config stored beside its weights.
-    Returns (model, cfg) with the model on `device` in eval mode."""
-    checkpoint = load_checkpoint(path, device)
-    cfg = checkpoint.get("config")
-    if not isinstance(cfg, dict):
-        raise ScriptError(f"{path} holds no model config; it was not written by save_checkpoint")
-    model = GPTModel(cfg)
-    try:
-        model.load_state_dict(checkpoint["model_state_dict"])
-    except RuntimeError as error:
-        raise ScriptError(f"the weights in {path} do not fit a GPTModel built from its config: "
-                          f"{str(error).splitlines()[0]}") from error
-    model.to(device)
-    model.eval()
-    return model, cfg
-
-
-# ---- appendix D: learning rate warmup, cosine decay, gradient clipping ----
-
-def lr_at_step(global_step, warmup_steps, total_steps, peak_lr, initial_lr, min_lr):
-    """Linear warmup from initial_lr to peak_lr, then a half cosine from peak_lr down to min_lr."""
-    if global_step < warmup_steps:
-        lr_increment = (peak_lr - initial_lr) / warmup_steps
-        return initial_lr + global_step * lr_increment
-    progress = (global_step - warmup_steps) / (total_steps - warmup_steps)
-    return min_lr + (peak_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def find_highest_gradient(model):
-    max_grad = None
-    for param in model.parameters():
-        if param.grad is not None:
-            max_grad_param = param.grad.flatten().max()
-            if max_grad is None or max_grad_param > max_grad:
-                max_grad = max_grad_param
-    return max_grad
-
-
-def train_model(model, train_loader, val_loader, optimizer, device, n_epochs, eval_freq, eval_iter,
-                start_context, tokenizer, warmup_steps, initial_lr=3e-05, min_lr=1e-6):
-    """train_model_simple plus a learning rate schedule (the optimizer's lr is the peak) and
-    gradient clipping after warmup. Returns (train_losses, val_losses, track_tokens_seen, track_lrs)."""
-    train_losses, val_losses, track_tokens_seen, track_lrs = [], [], [], []
-    tokens_seen, global_step = 0, -1
-    peak_lr = optimizer.param_groups[0]["lr"]
-    total_training_steps = len(train_loader) * n_epochs
-
-    for epoch in range(n_epochs):
-        model.train()
-        for input_batch, target_batch in train_loader:
-            optimizer.zero_grad()
-            global_step += 1
-            lr = lr_at_step(global_step, warmup_steps, total_training_steps, peak_lr, initial_lr, min_lr)
-            for param_group in optimizer.param_groups:
-                param_group["lr"] = lr
-            track_lrs.append(lr)
-
-            loss = calc_loss_batch(input_batch, target_batch, model, device)
-            loss.backward()
-            # Clip on every step after warmup (the printed book's `>` skipped the first one).
-            if global_step >= warmup_steps:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
-            optimizer.step()
-            tokens_seen += input_batch.numel()
-
-            if global_step % eval_freq == 0:
-                train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device, eval_iter)
-                train_losses.append(train_loss)
-                val_losses.append(val_loss)
-                track_tokens_seen.append(tokens_seen)
-                print(f"Ep {epoch + 1} (Iter {global_step:06d}): "
-                      f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
-
-        generate_and_print_sample(model, tokenizer, device, start_context)
-
-    return train_losses, val_losses, track_tokens_seen, track_lrs
-
-
-def plot_learning_rates(lrs, path):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(range(len(lrs)), lrs)
-    ax.set_xlabel("Steps")
-    ax.set_ylabel("Learning rate")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-# ---- beyond the book: fast and multi-GPU pretraining (--fast, --compile, --grad-accum, torchrun) ----
-
-def autocast_context(device, dtype):
-    """torch.autocast(dtype) on `device`, or a context that changes nothing when dtype is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-
-
-def fast_autocast_dtype(device):
-    """bfloat16 where the hardware computes it natively (CUDA GPUs from Ampere on; CPUs with
-    AVX512-BF16 or AMX), else None: emulated bfloat16 would be slower than float32."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else None
-    if device.type == "cpu":
-        try:
-            return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-        except (AttributeError, RuntimeError):  # a PyTorch built without oneDNN
-            return None
-    return None
-
-
-def enable_fast_math(device):
-    """--fast on CUDA: float32 matmuls that remain (outside autocast) run on TF32 tensor cores."""
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")
-
-
-def make_adamw(params, lr, weight_decay, fused=False):
-    """The book's AdamW; fused=True updates all weights in one kernel where PyTorch supports it."""
-    params = list(params)
-    if fused:
-        try:
-            return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
-        except RuntimeError:  # a device without a fused AdamW kernel
-            pass
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-
-
-def unwrap_model(model):
-    """The GPTModel inside torch.compile(DistributedDataParallel(model)) or either wrapper alone."""
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    return getattr(model, "module", model)  # DistributedDataParallel
-
-
-def accumulation_groups(data_loader, grad_accum_steps):
-    """The loader's batches in lists of grad_accum_steps (the last list may be shorter): the
-    batches whose gradients add up before one optimizer step."""
-    group = []
-    for batch in data_loader:
-        group.append(batch)
-        if len(group) == grad_accum_steps:
-            yield group
-            group = []
-    if group:
-        yield group
-
-
-def gradient_sync_context(model, sync):
-    """DDP averages gradients across processes in every backward(); with gradient accumulation only
-    the group's last backward needs to, so the others skip it with no_sync()."""
-    if sync or not hasattr(model, "no_sync"):
-        return contextlib.nullcontext()
-    return model.no_sync()
-
-
-def launched_by_torchrun():
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def setup_distributed(device_name=None):
-    """Join the process group torchrun prepared; return (rank, world_size, device).
-    One GPU per process through NCCL, or CPU processes through gloo."""
-    import torch.distributed as dist
-
-    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    device = get_device(device_name)
-    if device.type == "cuda":
-        if local_rank >= torch.cuda.device_count():
-            raise ScriptError(f"torchrun started more processes on this machine than its "
-                              f"{torch.cuda.device_count()} GPU(s); lower --nproc_per_node")
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        backend = "nccl"
-    elif device.type == "cpu":
-        backend = "gloo"
-    else:
-        raise ScriptError(f"torch.distributed cannot train on {device.type}; use --device cpu or cuda")
-    dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
-    return rank, world_size, device
-
-
-def distributed_loader(data_loader, rank, world_size, seed=SEED):
-    """A loader over this process's share of data_loader's dataset (DistributedSampler), so the
-    processes together see every window once per epoch, in a new shuffled order each epoch."""
-    from torch.utils.data import DataLoader, DistributedSampler
-
-    sampler = DistributedSampler(data_loader.dataset, num_replicas=world_size, rank=rank,
-                                 shuffle=True, seed=seed, drop_last=True)
-    return DataLoader(data_loader.dataset, batch_size=data_loader.batch_size, sampler=sampler,
-                      drop_last=True)
-
-
-def build_training(cfg, settings, device, fast=False, compile_model=False, ddp=False):
-    """5.2's model and optimizer, created as the book creates them; with --fast a fused AdamW, with
-    DDP and --compile wrapped. Returns (model, wrapped_model, optimizer): train the wrapper
-    wrapped_model, save model (the plain GPTModel, whose state dict has the usual names)."""
-    torch.manual_seed(SEED)
-    model = GPTModel(cfg)
-    model.to(device)
-    optimizer = make_adamw(model.parameters(), lr=settings["learning_rate"],
-                           weight_decay=settings["weight_decay"], fused=fast)
-    wrapped_model = model
-    if ddp:
-        from torch.nn.parallel import DistributedDataParallel
-
-        device_ids = [device.index] if device.type == "cuda" else None
-        wrapped_model = DistributedDataParallel(model, device_ids=device_ids)
-    if compile_model:
-        wrapped_model = torch.compile(wrapped_model)
-    return model, wrapped_model, optimizer
-
-
-def setup_fast_paths(args, device):
-    """Switch on what --fast asks for globally (TF32); return the train_model_simple arguments
-    that --fast and --grad-accum ask for, and a line naming everything in use."""
-    train_kwargs = {"grad_accum_steps": args.grad_accum, "autocast_dtype": None}
-    used = []
-    if args.fast:
-        enable_fast_math(device)
-        train_kwargs["autocast_dtype"] = fast_autocast_dtype(device)
-        used = ["FastMultiHeadAttention", "fused AdamW"]
-        if device.type == "cuda":
-            used.append("TF32 matmuls")
-        if train_kwargs["autocast_dtype"] is not None:
-            used.append("bfloat16 autocast")
-    if args.compile:
-        used.append("torch.compile")
-    if args.grad_accum > 1:
-        used.append(f"{args.grad_accum} batches per optimizer step")
-    return train_kwargs, ", ".join(used)
-
-
-def pretrain_distributed(args):
-    """5.2 only, as one of several processes started by torchrun: each trains on its share of the
-    windows, DDP averages the gradients, rank 0 alone prints and saves."""
-    import torch.distributed as dist
-
-    rank, world_size, device = setup_distributed(args.device)
-    try:
-        cfg = QUICK_CONFIG if args.quick else GPT_CONFIG_124M
-        cfg = {**cfg, "attention": "fast"} if args.fast else cfg
-        settings = QUICK_SETTINGS if args.quick else TRAIN_SETTINGS
-        num_epochs = args.epochs or settings["num_epochs"]
-        train_kwargs, used = setup_fast_paths(args, device)
-        tokenizer = get_gpt2_tokenizer()
-        text_data = load_verdict()
-        if args.quick:
-            text_data = text_data[:QUICK_MAX_CHARS]
-        torch.manual_seed(SEED)
-        train_loader, val_loader = make_loaders(text_data, cfg, settings)
-        train_loader = distributed_loader(train_loader, rank, world_size)
-        if len(train_loader) == 0:
-            raise ScriptError(f"{world_size} processes x batch_size {settings['batch_size']} is more "
-                              "than the training windows; use fewer processes")
-        if rank == 0:
-            backend = "nccl" if device.type == "cuda" else "gloo"
-            global_batch = settings["batch_size"] * world_size * args.grad_accum
-            print(f"Device: {device}, {world_size} processes ({backend}); global batch {global_batch}"
-                  + (f"; {used}" if used else ""))
-            if args.appendix_d:
-                print("(under torchrun only 5.2 runs; run --appendix-d without torchrun)")
-            print(f"\n5.2 Training for {num_epochs} epochs, {len(train_loader)} batches per process "
-                  "per epoch")
-
-        start_time = time.time()
-        model, wrapped_model, optimizer = build_training(cfg, settings, device, fast=args.fast,
-                                                       compile_model=args.compile, ddp=True)
-        torch.manual_seed(SEED + rank)  # the same weights everywhere, different dropout masks
-        train_model_simple(wrapped_model, train_loader, val_loader, optimizer, device,
-                           num_epochs=num_epochs, eval_freq=settings["eval_freq"],
-                           eval_iter=settings["eval_iter"], start_context=START_CONTEXT,
-                           tokenizer=tokenizer, is_main_process=rank == 0, **train_kwargs)
-        if rank == 0:
-            print(f"Training completed in {(time.time() - start_time) / 60:.2f} minutes.")
-            path = save_checkpoint(output_path("model_and_optimizer.pth"), model, cfg, optimizer)
-            print(f"Saved the model and optimizer to {path}")
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+    return save_figure(fig, path)
 
 
 # ---- the walk-through ----
@@ -624,30 +243,16 @@ def pretrain_distributed(args):
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default=None,
-                        help="cpu, cuda or mps (default: cuda, then mps, then cpu); the book's loss "
-                             "log reproduces on cpu")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help=f"training epochs (default: the book's {TRAIN_SETTINGS['num_epochs']}, "
-                             f"{QUICK_SETTINGS['num_epochs']} with --quick)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a tiny model for a few steps: checks in seconds that everything runs")
-    parser.add_argument("--appendix-d", action="store_true",
-                        help="also train a fresh model with appendix D's train_model (warmup, cosine "
-                             "decay, clipping; 15 epochs, about 1.5 times the chapter's training)")
-    parser.add_argument("--fast", action="store_true",
-                        help="beyond the book: FastMultiHeadAttention, fused AdamW, bfloat16 autocast "
-                             "where the hardware computes it natively, TF32 matmuls on CUDA")
-    parser.add_argument("--compile", action="store_true",
-                        help="beyond the book: train under torch.compile (needs a C++ compiler on CPU)")
-    parser.add_argument("--grad-accum", type=int, default=1, metavar="N",
-                        help="beyond the book: add up the gradients of N batches per optimizer step")
-    args = parser.parse_args()
-    if args.epochs is not None and args.epochs < 1:
-        parser.error("--epochs must be at least 1")
-    if args.grad_accum < 1:
-        parser.error("--grad-accum must be at least 1")
-    return args
+    add_device_arg(parser, "; the book's loss log reproduces on cpu")
+    add_quick_and_epochs_args(parser, TRAIN_SETTINGS["num_epochs"], QUICK_SETTINGS["num_epochs"],
+                              "a tiny model for a few steps: checks in seconds that everything runs")
+    return parser.parse_args()
+
+
+def verdict_text(quick=False):
+    """The short story chapter 5 trains on; with quick=True only its first QUICK_MAX_CHARS."""
+    text_data = load_verdict()
+    return text_data[:QUICK_MAX_CHARS] if quick else text_data
 
 
 def make_loaders(text_data, cfg, settings):
@@ -677,18 +282,11 @@ def make_loaders(text_data, cfg, settings):
 
 def main():
     args = parse_args()
-    if launched_by_torchrun():
-        return pretrain_distributed(args)
     device = get_device(args.device)
     cfg = QUICK_CONFIG if args.quick else GPT_CONFIG_124M
-    cfg = {**cfg, "attention": "fast"} if args.fast else cfg
-    settings = QUICK_SETTINGS if args.quick else TRAIN_SETTINGS
-    appendix_d = QUICK_APPENDIX_D_SETTINGS if args.quick else APPENDIX_D_SETTINGS
-    num_epochs = args.epochs or settings["num_epochs"]
+    settings = book_or_quick(args, TRAIN_SETTINGS, QUICK_SETTINGS)
+    num_epochs = settings["num_epochs"]
     print(f"Device: {device}" + ("   (--quick: a tiny model, not the book's numbers)" if args.quick else ""))
-    train_kwargs, fast_paths_used = setup_fast_paths(args, device)
-    if fast_paths_used:
-        print("Beyond the book, 5.2 trains with:", fast_paths_used)
 
     tokenizer = get_gpt2_tokenizer()
 
@@ -698,9 +296,7 @@ def main():
     model.eval()
 
     # 5.1.3: the data, split 90/10 by characters.
-    text_data = load_verdict()
-    if args.quick:
-        text_data = text_data[:QUICK_MAX_CHARS]
+    text_data = verdict_text(args.quick)
     print("\n5.1.3 Characters:", len(text_data))
     print("Tokens:", len(tokenizer.encode(text_data, allowed_special={"<|endoftext|>"})))
 
@@ -727,16 +323,19 @@ def main():
     # 5.2: train a fresh model (same seed) with AdamW.
     print(f"\n5.2 Training for {num_epochs} epochs")
     start_time = time.time()
-    model, wrapped_model, optimizer = build_training(cfg, settings, device, fast=args.fast,
-                                                   compile_model=args.compile)
+    torch.manual_seed(SEED)
+    model = GPTModel(cfg)
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"],
+                                  weight_decay=settings["weight_decay"])
     train_losses, val_losses, tokens_seen = train_model_simple(
-        wrapped_model, train_loader, val_loader, optimizer, device,
+        model, train_loader, val_loader, optimizer, device,
         num_epochs=num_epochs, eval_freq=settings["eval_freq"], eval_iter=settings["eval_iter"],
-        start_context=START_CONTEXT, tokenizer=tokenizer, **train_kwargs)
+        start_context=START_CONTEXT, tokenizer=tokenizer)
     print(f"Training completed in {(time.time() - start_time) / 60:.2f} minutes.")
 
     epochs_tensor = torch.linspace(0, num_epochs, len(train_losses))
-    path = plot_losses(epochs_tensor, tokens_seen, train_losses, val_losses, output_path("loss-plot.png"))
+    path = plot_losses(epochs_tensor, tokens_seen, train_losses, val_losses, output_path("pretraining-loss-plot.png", args.quick))
     print("Saved the loss plot to", path)
 
     # 5.3: decoding. Greedy decoding always gives the same text.
@@ -758,7 +357,7 @@ def main():
 
     temperatures = [1, 0.1, 5]  # original, sharper, flatter
     scaled_probas = [softmax_with_temperature(next_token_logits, T) for T in temperatures]
-    path = plot_temperatures(scaled_probas, temperatures, TOY_VOCAB, output_path("temperature-plot.png"))
+    path = plot_temperatures(scaled_probas, temperatures, TOY_VOCAB, output_path("temperature-plot.png", args.quick))
     print("Saved the temperature plot to", path)
     for T, scaled in zip(temperatures[1:], scaled_probas[1:]):
         print(f"1,000 samples (temperature {T}):")
@@ -781,7 +380,7 @@ def main():
     print("\n5.3.3 Output text (top_k=25, temperature=1.4):\n", token_ids_to_text(token_ids, tokenizer))
 
     # 5.4: save model and optimizer (AdamW keeps two moving averages per weight), reload, go on.
-    checkpoint_path = save_checkpoint(output_path("model_and_optimizer.pth"), model, cfg, optimizer)
+    checkpoint_path = save_checkpoint(output_path("model_and_optimizer.pth", args.quick), model, cfg, optimizer)
     print(f"\n5.4 Saved the model and optimizer to {checkpoint_path} "
           f"({checkpoint_path.stat().st_size / 1e6:.1f} MB)")
     checkpoint = load_checkpoint(checkpoint_path)
@@ -798,51 +397,7 @@ def main():
     print(f"Continue training the reloaded model for {settings['continue_epochs']} epoch(s):")
     train_model_simple(reloaded, train_loader, val_loader, optimizer, device,
                        num_epochs=settings["continue_epochs"], eval_freq=settings["eval_freq"],
-                       eval_iter=settings["eval_iter"], start_context=START_CONTEXT, tokenizer=tokenizer,
-                       **train_kwargs)
-
-    # Appendix D: the learning rate schedule, and with --appendix-d a training run that uses it.
-    n_epochs = appendix_d["num_epochs"]
-    total_steps = len(train_loader) * n_epochs
-    warmup_steps = int(appendix_d["warmup_fraction"] * total_steps)
-    print(f"\nAppendix D: {total_steps} steps, {warmup_steps} of them warmup")
-    if not args.appendix_d:
-        lrs = [lr_at_step(step, warmup_steps, total_steps, appendix_d["peak_lr"],
-                          appendix_d["initial_lr"], appendix_d["min_lr"]) for step in range(total_steps)]
-        path = plot_learning_rates(lrs, output_path("lr-schedule.png"))
-        print("Saved the learning rate schedule to", path)
-        print("(run with --appendix-d to train a model with it)")
-        return
-
-    # D.3: clipping scales all gradients down together until their overall L2 norm is 1.0.
-    torch.manual_seed(SEED)
-    model = GPTModel(cfg)
-    model.to(device)
-    input_batch, target_batch = next(iter(train_loader))
-    loss = calc_loss_batch(input_batch, target_batch, model, device)
-    loss.backward()
-    print("D.3 Highest gradient before clipping:", find_highest_gradient(model))
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
-    print("Highest gradient after clipping:", find_highest_gradient(model))
-
-    # D.4: the modified training function.
-    print(f"\nD.4 Training with train_model for {n_epochs} epochs")
-    torch.manual_seed(SEED)
-    model = GPTModel(cfg)
-    model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=appendix_d["peak_lr"],
-                                  weight_decay=appendix_d["weight_decay"])
-    train_losses, val_losses, tokens_seen, lrs = train_model(
-        model, train_loader, val_loader, optimizer, device, n_epochs=n_epochs,
-        eval_freq=appendix_d["eval_freq"], eval_iter=appendix_d["eval_iter"],
-        start_context=START_CONTEXT, tokenizer=tokenizer, warmup_steps=warmup_steps,
-        initial_lr=appendix_d["initial_lr"], min_lr=appendix_d["min_lr"])
-    path = plot_learning_rates(lrs, output_path("lr-schedule.png"))
-    print("Saved the learning rate schedule to", path)
-    epochs_tensor = torch.linspace(1, n_epochs, len(train_losses))
-    path = plot_losses(epochs_tensor, tokens_seen, train_losses, val_losses,
-                       output_path("loss-plot-appendix-d.png"))
-    print("Saved the appendix D loss plot to", path)
+                       eval_iter=settings["eval_iter"], start_context=START_CONTEXT, tokenizer=tokenizer)
 
 
 if __name__ == "__main__":

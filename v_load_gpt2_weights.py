@@ -5,9 +5,6 @@ Run: python v_load_gpt2_weights.py                          GPT-2 124M, OpenAI's
      python v_load_gpt2_weights.py --model 1558M            gpt2-xl (6 GB download, about 7 GB of memory)
      python v_load_gpt2_weights.py --weights safetensors    the same weights without TensorFlow
 The weights download once into data/gpt2/<size>/ (see gpt_download.py).
-
-This file also holds the starting point of chapters 6, 7 and appendix E: add_starting_point_args
-and load_starting_point give them GPT-2, your own checkpoint (--init-from) or a tiny random model.
 """
 
 import argparse
@@ -17,11 +14,11 @@ import numpy as np
 import torch
 
 from d_tokenizer import get_gpt2_tokenizer
-from gpt_download import (DATA_DIR, GPT2_FILES, HF_FILES, HF_REPOS, ScriptError, download_and_load_gpt2,
-                          get_device, run_main)
+from gpt_download import GPT2_FILES, HF_FILES, HF_REPOS, download_and_load_gpt2
+from plumbing import DATA_DIR, ScriptError, add_device_arg, get_device, run_main
 from s_gpt_model import GPTModel, model_configs  # the four GPT-2 sizes (section 4.6)
 from t_pretraining_basics import START_CONTEXT, text_to_token_ids, token_ids_to_text
-from u_pretraining import generate, model_from_checkpoint
+from u_pretraining import generate
 
 # What all GPT-2 sizes share (chapter 5 trained with a 256-token context; GPT-2 reads 1,024).
 BASE_CONFIG = {
@@ -31,8 +28,9 @@ BASE_CONFIG = {
     "qkv_bias": True,        # OpenAI's attention layers have query, key and value biases
 }
 
-# --quick: a tiny random model and no download, to check in seconds that the script runs.
-QUICK_CONFIG = {**BASE_CONFIG, "context_length": 64, "emb_dim": 32, "n_layers": 2, "n_heads": 2}
+# --quick in v, w, x and z: a tiny random GPT-2-shaped model and no download, to check in seconds
+# that a script runs. Its context fits chapter 6's longest training text (120 tokens).
+QUICK_CONFIG = {**BASE_CONFIG, "context_length": 128, "emb_dim": 32, "n_layers": 2, "n_heads": 2}
 
 # What the book prints with the 124M weights (sampling may differ on other hardware or versions).
 BOOK_OUTPUT_124M = ("Every effort moves you toward finding an ideal new way to practice something!\n\n"
@@ -164,73 +162,45 @@ def fetch_gpt2_params(model, weights="tf", models_dir=None):
         ) from error
 
 
-def add_training_args(parser, default_epochs, quick_epochs):
-    """--device and --epochs, shared by the fine-tuning scripts (chapters 6, 7, appendix E)."""
-    def positive_int(text):
-        value = int(text)
-        if value < 1:
-            raise argparse.ArgumentTypeError("must be at least 1")
-        return value
-
-    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
-    parser.add_argument("--epochs", type=positive_int, default=None,
-                        help=f"training epochs (default {default_epochs}, {quick_epochs} with --quick)")
-
-
-def add_starting_point_args(parser, default_model):
-    """The flags that pick the model chapters 6, 7 and appendix E start from."""
+def add_gpt2_args(parser, default_model="124M"):
+    """The flags that pick OpenAI's GPT-2 files: size, format and folder."""
     def model_argument(text):
         try:
             return gpt2_model_name(text)
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error)) from error
 
-    group = parser.add_argument_group("starting point")
+    group = parser.add_argument_group("GPT-2 weights")
     group.add_argument("--model", type=model_argument, default=default_model,
                        help=f"GPT-2 size: 124M, 355M, 774M or 1558M (default {default_model})")
     group.add_argument("--weights", choices=("tf", "safetensors"), default="tf",
                        help="tf: OpenAI's TensorFlow checkpoint, as in the book (needs TensorFlow); "
                             "safetensors: Hugging Face's copy of the same weights (default tf)")
-    group.add_argument("--init-from", type=Path, metavar="PATH",
-                       help="start from your own checkpoint instead of GPT-2, e.g. "
-                            "outputs/model_and_optimizer.pth from u_pretraining.py")
     group.add_argument("--models-dir", type=Path, metavar="DIR",
                        help=f"where the GPT-2 folders are (default {DATA_DIR / 'gpt2'})")
+    return group
 
 
-def load_starting_point(args, device, quick_cfg=None):
-    """The model a fine-tuning script starts from, as (model, cfg), on `device`, in eval mode:
-    --init-from PATH: your own checkpoint; else, with quick_cfg: a tiny random GPTModel;
-    else OpenAI's GPT-2 --model. Each choice other than GPT-2 says so: never a silent stand-in."""
-    if args.init_from is not None:
-        model, cfg = model_from_checkpoint(args.init_from, device)
-        print(f"note: starting from your own model in {args.init_from}, not from OpenAI's GPT-2; "
-              "results will be lower than the book's")
-        return model, cfg
-    if quick_cfg is not None:
-        print("note: --quick uses a tiny randomly initialised model instead of GPT-2 (nothing is "
-              "downloaded); its outputs are meaningless")
-        torch.manual_seed(123)
-        model = GPTModel(quick_cfg)
-        return model.to(device).eval(), dict(quick_cfg)
-    settings, params = fetch_gpt2_params(args.model, args.weights, args.models_dir)
-    cfg = gpt2_config(args.model, settings)
-    model = gpt_model_from_params(cfg, params)
-    return model.to(device).eval(), cfg
+def quick_model(device, cfg=QUICK_CONFIG):
+    """--quick: a tiny randomly initialised GPTModel instead of GPT-2, nothing downloaded."""
+    print("note: --quick uses a tiny randomly initialised model instead of GPT-2 (nothing is "
+          "downloaded); its outputs are meaningless")
+    torch.manual_seed(123)
+    return GPTModel(cfg).to(device).eval(), dict(cfg)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_starting_point_args(parser, default_model="124M")
-    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
+    add_gpt2_args(parser, default_model="124M")
+    add_device_arg(parser)
     parser.add_argument("--quick", action="store_true",
                         help="a tiny random model instead of GPT-2 (no download), to check that the script runs")
     args = parser.parse_args()
     device = get_device(args.device)
     tokenizer = get_gpt2_tokenizer()
 
-    if args.init_from is not None or args.quick:
-        gpt, cfg = load_starting_point(args, device, quick_cfg=QUICK_CONFIG if args.quick else None)
+    if args.quick:
+        gpt, cfg = quick_model(device)
     else:
         settings, params = fetch_gpt2_params(args.model, args.weights, args.models_dir)
         print("Settings:", settings)
@@ -253,7 +223,7 @@ def main():
         temperature=1.5,
     )
     print("Output text:\n", token_ids_to_text(token_ids, tokenizer))
-    if cfg == {**BASE_CONFIG, **model_configs["gpt2-small (124M)"]} and args.init_from is None:
+    if cfg == {**BASE_CONFIG, **model_configs["gpt2-small (124M)"]}:
         print("The book prints, with the 124M weights:\n", BOOK_OUTPUT_124M)
 
 

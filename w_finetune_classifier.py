@@ -7,7 +7,6 @@ Run: python w_finetune_classifier.py             (the book's run: GPT-2 124M, 5 
 
 import argparse
 import time
-import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -15,13 +14,25 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from gpt_download import DATA_DIR, ScriptError, download_file, get_device, output_path, run_main
+from checkpoints import load_checkpoint, save_checkpoint
 from d_tokenizer import get_gpt2_tokenizer
+from plumbing import (
+    DATA_DIR,
+    ScriptError,
+    add_device_arg,
+    add_quick_and_epochs_args,
+    book_or_quick,
+    download_file,
+    extract_zip_safely,
+    get_device,
+    output_path,
+    run_main,
+    save_figure,
+)
 from s_gpt_model import GPTModel, generate_text_simple
+from starting_point import add_starting_point_args, load_starting_point
 from t_pretraining_basics import text_to_token_ids, token_ids_to_text
-from u_pretraining import load_checkpoint, save_checkpoint
-from v_load_gpt2_weights import (BASE_CONFIG, add_starting_point_args, add_training_args,
-                                  load_starting_point)
+from v_load_gpt2_weights import QUICK_CONFIG
 
 # The UCI SMS Spam Collection; the book's mirror is the backup when UCI is unreachable.
 URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
@@ -39,28 +50,9 @@ BATCH_SIZE = 8
 NUM_CLASSES = 2
 SETTINGS = {"num_epochs": 5, "learning_rate": 5e-5, "weight_decay": 0.1, "eval_freq": 50, "eval_iter": 5}
 
-# --quick: a tiny random GPT (its context fits the book's longest training text, 120 tokens),
-# fine-tuned for one epoch on the first 80 examples of each split, with frequent short evaluations.
-QUICK_CONFIG = {**BASE_CONFIG, "context_length": 128, "emb_dim": 32, "n_layers": 2, "n_heads": 2}
+# --quick: v's tiny random GPT (QUICK_CONFIG), fine-tuned for one epoch on the first 80 examples
+# of each split, with frequent short evaluations.
 QUICK_SETTINGS = {**SETTINGS, "num_epochs": 1, "eval_freq": 5, "eval_iter": 2, "num_examples": 80}
-
-
-def extract_zip_safely(zip_path, target_dir):
-    """Extract a zip archive, refusing it whole if any member would land outside target_dir
-    (a "../" or absolute name in a downloaded archive must not overwrite files elsewhere)."""
-    target_dir = Path(target_dir).resolve()
-    try:
-        with zipfile.ZipFile(zip_path) as archive:
-            for member in archive.namelist():
-                destination = (target_dir / member).resolve()
-                if not destination.is_relative_to(target_dir):
-                    raise ScriptError(f"{zip_path} holds the member {member!r}, which would be written "
-                                      f"outside {target_dir}; refusing to extract it. Delete the zip and "
-                                      "download it again from a source you trust")
-            archive.extractall(target_dir)
-    except zipfile.BadZipFile as error:
-        raise ScriptError(f"{zip_path} is not a valid zip file ({error}); delete it and run again "
-                          "to download it afresh") from error
 
 
 def download_and_unzip_spam_data(url, zip_path, extracted_path, data_file_path, backup_url=None):
@@ -272,11 +264,7 @@ def plot_values(epochs_seen, examples_seen, train_values, val_values, label="los
     ax2 = ax1.twiny()  # same curves, read against the number of examples seen
     ax2.plot(examples_seen, train_values, alpha=0)
     ax2.set_xlabel("Examples seen")
-    fig.tight_layout()
-    path = output_path(f"{label}-plot.png") if path is None else Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, output_path(f"{label}-plot.png") if path is None else Path(path))
 
 
 def fine_tune(model, train_loader, val_loader, device, settings, loss_plot_path):
@@ -335,14 +323,12 @@ def load_classifier(path, device="cpu"):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_training_args(parser, SETTINGS["num_epochs"], QUICK_SETTINGS["num_epochs"])
+    add_device_arg(parser)
+    add_quick_and_epochs_args(parser, SETTINGS["num_epochs"], QUICK_SETTINGS["num_epochs"],
+                              "a tiny randomly initialised model and one short epoch, to check the setup")
     add_starting_point_args(parser, default_model="124M")
-    parser.add_argument("--quick", action="store_true",
-                        help="a tiny randomly initialised model and one short epoch, to check the setup")
     args = parser.parse_args()
-    settings = dict(QUICK_SETTINGS if args.quick else SETTINGS)
-    if args.epochs is not None:
-        settings["num_epochs"] = args.epochs
+    settings = book_or_quick(args, SETTINGS, QUICK_SETTINGS)
 
     # 6.2 Preparing the dataset
     df, balanced_df, (train_df, validation_df, test_df) = prepare_spam_splits()

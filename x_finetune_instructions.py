@@ -22,12 +22,24 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from gpt_download import (DATA_DIR, OUTPUTS_DIR, ScriptError, download_file, get_device, output_path,
-                          run_main)
+from checkpoints import save_checkpoint
 from d_tokenizer import get_gpt2_tokenizer
+from ollama_client import JUDGE_MODEL, OLLAMA_URL, is_ollama_running, ollama_setup_hint, query_model
+from plumbing import (
+    DATA_DIR,
+    ScriptError,
+    add_device_arg,
+    add_quick_and_epochs_args,
+    book_or_quick,
+    download_file,
+    get_device,
+    output_path,
+    run_main,
+)
+from starting_point import add_starting_point_args, load_starting_point
 from t_pretraining_basics import text_to_token_ids, token_ids_to_text
-from u_pretraining import calc_loss_loader, generate, plot_losses, save_checkpoint, train_model_simple
-from v_load_gpt2_weights import add_starting_point_args, add_training_args, load_starting_point
+from u_pretraining import calc_loss_loader, generate, plot_losses, train_model_simple
+from v_load_gpt2_weights import QUICK_CONFIG
 
 # 1,100 instruction-response pairs that the book made for this chapter.
 INSTRUCTION_DATA_URL = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/"
@@ -43,17 +55,13 @@ SETTINGS = {"num_epochs": 2, "learning_rate": 5e-5, "weight_decay": 0.1, "eval_f
             "preview_new_tokens": 35,  # the answer before fine-tuning, in 7.5
             "max_new_tokens": 256}     # the test-set responses in 7.7
 
-# --quick: a tiny random GPT (with the GPT-2 vocabulary, since the data is tokenized with it) on the
-# first few entries, one epoch, short responses. Its context fits the longest entry (91 tokens).
-QUICK_CONFIG = {"vocab_size": 50257, "context_length": 128, "emb_dim": 32, "n_heads": 2,
-                "n_layers": 2, "drop_rate": 0.0, "qkv_bias": True}
+# --quick: v's tiny random GPT (QUICK_CONFIG; its context fits the longest entry, 91 tokens) on the
+# first few entries, one epoch, short responses.
 QUICK_SETTINGS = {**SETTINGS, "num_epochs": 1, "eval_freq": 1, "eval_iter": 1, "preview_new_tokens": 8,
                   "max_new_tokens": 8}
 QUICK_NUM_ENTRIES = 20
 
 # The judge: a local Ollama server, asked for reproducible answers.
-OLLAMA_URL = "http://localhost:11434/api/chat"
-JUDGE_MODEL = "llama3"
 
 
 def download_and_load_file(file_path, url):
@@ -175,57 +183,7 @@ def ollama_help(url, model, responses_path):
         command += f" --ollama-url {url}"
     if model != JUDGE_MODEL:
         command += f" --judge-model {model}"
-    return (f"no Ollama server answers at {url}. To score the responses, install Ollama "
-            f"(https://ollama.com), start it with `ollama serve`, fetch the judge with "
-            f"`ollama pull {model}`, then run: {command}")
-
-
-def is_ollama_running(url=OLLAMA_URL, timeout=3):
-    """True when an HTTP server answers at the address of `url` (Ollama's root page says "Ollama is
-    running"); False at once when the connection is refused."""
-    parts = urllib.parse.urlsplit(url)
-    try:
-        with urllib.request.urlopen(f"{parts.scheme}://{parts.netloc}/", timeout=timeout):
-            return True
-    except urllib.error.HTTPError:
-        return True  # a server answered, even if not with 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def query_model(prompt, model="llama3", url=OLLAMA_URL, timeout=300):
-    """Ask a model served by Ollama; its reply streams in as JSON lines, one piece of text each."""
-    data = {
-        "model": model,
-        "messages": [{"role": "user", "content": prompt}],
-        "options": {"seed": 123, "temperature": 0, "num_ctx": 2048},  # deterministic replies
-    }
-    request = urllib.request.Request(url, data=json.dumps(data).encode("utf-8"), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    response_data = ""
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            for line in response:
-                if not line.strip():
-                    continue
-                response_json = json.loads(line.decode("utf-8"))
-                if "error" in response_json:
-                    raise ScriptError(f"the Ollama server at {url} reported: {response_json['error']}")
-                response_data += response_json["message"]["content"]
-    except urllib.error.HTTPError as error:
-        detail = error.read().decode("utf-8", errors="replace").strip()
-        hint = f"; fetch the model with `ollama pull {model}`" if "not found" in detail else ""
-        raise ScriptError(f"the Ollama server at {url} answered HTTP {error.code}: {detail}{hint}") from error
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        if isinstance(reason, TimeoutError):
-            raise ScriptError(f"the Ollama server at {url} did not answer within {timeout} s; a judge "
-                              "on a slow machine may need a larger timeout") from error
-        raise ScriptError(f"{ollama_help(url, model, OUTPUTS_DIR / RESPONSES_FILE)} ({reason})") from error
-    except (ValueError, KeyError, TypeError) as error:
-        raise ScriptError(f"the server at {url} did not answer with Ollama's chat JSON lines "
-                          f"({type(error).__name__}: {error}); check --ollama-url") from error
-    return response_data
+    return f"no Ollama server answers at {url}. To score the responses, {ollama_setup_hint(model)}, then run: {command}"
 
 
 def score_prompt(entry, json_key):
@@ -298,12 +256,12 @@ def checkpoint_name(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_training_args(parser, SETTINGS["num_epochs"], QUICK_SETTINGS["num_epochs"])
+    add_device_arg(parser)
+    add_quick_and_epochs_args(parser, SETTINGS["num_epochs"], QUICK_SETTINGS["num_epochs"],
+                              f"a tiny randomly initialised model, the first {QUICK_NUM_ENTRIES} entries, "
+                              f"one epoch, {QUICK_SETTINGS['max_new_tokens']}-token responses: "
+                              "checks the setup")
     add_starting_point_args(parser, default_model=CHOOSE_MODEL)
-    parser.add_argument("--quick", action="store_true",
-                        help=f"a tiny randomly initialised model, the first {QUICK_NUM_ENTRIES} entries, "
-                             f"one epoch, {QUICK_SETTINGS['max_new_tokens']}-token responses: "
-                             "checks the setup")
     parser.add_argument("--ollama-url", default=OLLAMA_URL, help=f"Ollama's chat API (default {OLLAMA_URL})")
     parser.add_argument("--judge-model", default=JUDGE_MODEL, help=f"the judge (default {JUDGE_MODEL})")
     parser.add_argument("--score-only", metavar="PATH",
@@ -314,9 +272,7 @@ def main():
     if args.score_only:
         score_responses_file(args.score_only, args.ollama_url, args.judge_model)
         return
-    settings = dict(QUICK_SETTINGS if args.quick else SETTINGS)
-    if args.epochs is not None:
-        settings["num_epochs"] = args.epochs
+    settings = book_or_quick(args, SETTINGS, QUICK_SETTINGS)
 
     # 7.2 Preparing a dataset for supervised instruction fine-tuning
     data = download_and_load_file(INSTRUCTION_DATA_PATH, INSTRUCTION_DATA_URL)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from gpt_download import ScriptError, get_device, output_path, run_main
+from plumbing import ScriptError, get_device, output_path, run_main
 
 NUM_EPOCHS = 3       # the book's training loop runs 3 epochs ...
 LEARNING_RATE = 0.5  # ... of plain SGD with this learning rate
@@ -251,17 +251,18 @@ def main_single(args):
     print(f"\nNext, A.9: train with two processes (works without a GPU): {DDP_COMMAND}")
 
 
-def ddp_setup(device_name=None):
-    """Join the process group that torchrun prepared; return (rank, world_size, device).
+def ddp_setup(device_name=None, command=DDP_COMMAND):
+    """Join the process group that torchrun prepared; return (rank, world_size, device). `command`
+    is the torchrun command line to suggest when the script was not started by torchrun.
 
     torchrun starts one process per rank and tells each its place through environment variables.
     GPUs talk through NCCL; CPUs (also on macOS and Windows, where NCCL does not exist) through gloo."""
     missing = [key for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
                if key not in os.environ]
     if missing:
-        raise ScriptError(f"--ddp needs the environment variables torchrun sets ({', '.join(missing)} "
-                          f"missing); start it with: {DDP_COMMAND}  (or: python -m "
-                          f"torch.distributed.run --nproc_per_node=2 y_neural_network_basics.py --ddp)")
+        raise ScriptError(f"data parallel training needs the environment variables torchrun sets "
+                          f"({', '.join(missing)} missing); start it with: {command}  (or: python "
+                          f"-m torch.distributed.run{command.removeprefix('torchrun')})")
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ["LOCAL_RANK"])
     world_size = int(os.environ["WORLD_SIZE"])

@@ -13,13 +13,28 @@ import math
 import torch
 import torch.nn as nn
 
-from gpt_download import get_device, output_path, run_main
+from checkpoints import save_checkpoint
 from d_tokenizer import get_gpt2_tokenizer
-from u_pretraining import save_checkpoint
-from v_load_gpt2_weights import add_starting_point_args, add_training_args, load_starting_point
-from w_finetune_classifier import (QUICK_CONFIG, QUICK_SETTINGS, build_classifier, calc_accuracy_loader,
-                                   create_spam_loaders, fine_tune, first_examples_loader, load_classifier,
-                                   prepare_spam_splits)
+from plumbing import (
+    add_device_arg,
+    add_quick_and_epochs_args,
+    book_or_quick,
+    get_device,
+    output_path,
+    run_main,
+)
+from starting_point import add_starting_point_args, load_starting_point
+from v_load_gpt2_weights import QUICK_CONFIG
+from w_finetune_classifier import (
+    QUICK_SETTINGS,
+    build_classifier,
+    calc_accuracy_loader,
+    create_spam_loaders,
+    fine_tune,
+    first_examples_loader,
+    load_classifier,
+    prepare_spam_splits,
+)
 
 # The book's settings for appendix E (the same training recipe as chapter 6).
 LORA_RANK = 16   # inner dimension of the low-rank matrices A and B
@@ -103,7 +118,10 @@ def print_accuracies(train_loader, val_loader, test_loader, model, device, num_b
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_training_args(parser, SETTINGS["num_epochs"], QUICK_SETTINGS["num_epochs"])
+    add_device_arg(parser)
+    add_quick_and_epochs_args(parser, SETTINGS["num_epochs"], QUICK_SETTINGS["num_epochs"],
+                              "a tiny randomly initialised model, one epoch on the first "
+                              f"{QUICK_SETTINGS['num_examples']} examples of each split, to check the setup")
     parser.add_argument("--rank", type=int, default=LORA_RANK, help=f"LoRA rank (default {LORA_RANK})")
     parser.add_argument("--alpha", type=float, default=LORA_ALPHA, help=f"LoRA alpha (default {LORA_ALPHA})")
     parser.add_argument("--scale-by-rank", action="store_true",
@@ -111,15 +129,10 @@ def main():
                              "book's alpha; with rank = alpha = 16 the update is 16x smaller, so "
                              "training at the same learning rate is slower")
     add_starting_point_args(parser, default_model="124M")
-    parser.add_argument("--quick", action="store_true",
-                        help="a tiny randomly initialised model, one epoch on the first "
-                             f"{QUICK_SETTINGS['num_examples']} examples of each split, to check the setup")
     args = parser.parse_args()
     if args.rank < 1:
         parser.error("--rank must be at least 1")
-    settings = dict(QUICK_SETTINGS if args.quick else SETTINGS)
-    if args.epochs is not None:
-        settings["num_epochs"] = args.epochs
+    settings = book_or_quick(args, SETTINGS, QUICK_SETTINGS)
 
     # E.2 Preparing the dataset: chapter 6's spam messages and loaders
     tokenizer = get_gpt2_tokenizer()

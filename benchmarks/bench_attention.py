@@ -10,11 +10,12 @@ Run: python benchmarks/bench_attention.py [--device cpu] [--contexts 256 1024] [
 import argparse
 
 import torch
-
 from common import add_common_args, describe_machine, setup_from_args, time_paths
-from gpt_download import run_main
+
+from fast_attention import FastMultiHeadAttention
 from l_multi_head_attention import MultiHeadAttentionWrapper
-from m_efficient_multi_head_attention import FastMultiHeadAttention, MultiHeadAttention
+from m_efficient_multi_head_attention import MultiHeadAttention
+from plumbing import run_main
 
 
 def main():
@@ -42,7 +43,7 @@ def main():
         fast = FastMultiHeadAttention.from_book(book)
         x = torch.randn(args.batch_size, context, d, device=device, requires_grad=True)
 
-        def forward_backward(module):
+        def forward_backward(module, x=x):
             def run():
                 module(x).sum().backward()
                 x.grad = None

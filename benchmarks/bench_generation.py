@@ -14,10 +14,10 @@ import statistics
 import time
 
 import torch
+from common import add_common_args, describe_machine, setup_from_args, synchronize
 
-from common import add_common_args, describe_machine, load_average, setup_from_args, synchronize
-from gpt_download import run_main
 from n_dummy_gpt_model import GPT_CONFIG_124M
+from plumbing import run_main
 from s_gpt_model import GPTModel
 from u_pretraining import generate
 

@@ -1,7 +1,7 @@
 """Pretraining throughput of the book path against the fast path (tokens/s; on CUDA also MFU).
 
 book path: GPTModel with MultiHeadAttention, float32, torch.optim.AdamW, as in chapter 5.
-fast path: what `u_pretraining.py --fast` uses: FastMultiHeadAttention, fused AdamW, bfloat16
+fast path: what `fast_pretraining.py` uses: FastMultiHeadAttention, fused AdamW, bfloat16
 autocast where the hardware computes bfloat16 natively, TF32 matmuls on CUDA.
 With --compile, also the fast path under torch.compile. Each step trains on a batch of random
 token ids (speed does not depend on the text). The paths take turns step by step, so a load
@@ -16,12 +16,12 @@ context FLOPs per token (the PaLM paper's count) with the GPU's dense bfloat16 p
 import argparse
 
 import torch
+from common import add_common_args, describe_machine, setup_from_args, time_paths
 
-from common import add_common_args, describe_machine, load_average, setup_from_args, time_paths
-from gpt_download import run_main
 from n_dummy_gpt_model import GPT_CONFIG_124M
-from u_pretraining import (autocast_context, build_training, calc_loss_batch, enable_fast_math,
-                           fast_autocast_dtype)
+from plumbing import run_main
+from fast_pretraining import autocast_context, build_training, enable_fast_math, fast_autocast_dtype
+from u_pretraining import calc_loss_batch
 
 CONFIGS = {"124M": GPT_CONFIG_124M,
            "small": {**GPT_CONFIG_124M, "emb_dim": 256, "n_heads": 4, "n_layers": 4}}  # a quick look

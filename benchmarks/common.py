@@ -13,7 +13,7 @@ import torch
 REPO_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_DIR))  # the lettered scripts are imported as modules
 
-from gpt_download import get_device  # noqa: E402  (needs the path above)
+from plumbing import get_device  # noqa: E402  (needs the path above)
 
 
 def synchronize(device):

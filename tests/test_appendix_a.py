@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 import y_neural_network_basics as y_nn
-from gpt_download import ScriptError
+from plumbing import ScriptError
 
 
 def sigmoid(z):

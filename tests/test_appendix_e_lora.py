@@ -11,7 +11,7 @@ import w_finetune_classifier as w
 import z_lora as z
 from n_dummy_gpt_model import GPT_CONFIG_124M
 from s_gpt_model import GPTModel
-from u_pretraining import save_checkpoint
+from checkpoints import save_checkpoint
 
 TINY_CFG = {"vocab_size": 64, "context_length": 16, "emb_dim": 32, "n_heads": 2, "n_layers": 2,
             "drop_rate": 0.0, "qkv_bias": True}

@@ -12,7 +12,7 @@ import d_tokenizer
 from a_tokenizer import load_verdict, split_text
 from b_tokenizer import SimpleTokenizerV1, build_vocab
 from c_tokenizer import SimpleTokenizerV2, build_vocab_v2
-from gpt_download import DATA_DIR, REPO_DIR, DownloadError, ScriptError, file_sha256
+from plumbing import DATA_DIR, REPO_DIR, DownloadError, ScriptError, file_sha256
 
 BOOK_BPE_IDS = [15496, 11, 466, 345, 588, 8887, 30, 220, 50256, 554, 262, 4252, 18250, 8812, 2114,
                 286, 617, 34680, 27271, 13]

@@ -1,4 +1,4 @@
-"""Chapter 5 (t, u): the loss, training, decoding, checkpoints and appendix D's schedule, on tiny
+"""Chapter 5 (t, u): the loss, training and decoding, on tiny
 models and data the tests make themselves."""
 
 import math
@@ -7,12 +7,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from gpt_download import ScriptError
 from s_gpt_model import GPTModel, generate_text_simple
 from t_pretraining_basics import text_to_token_ids, token_ids_to_text
-from u_pretraining import (calc_loss_batch, calc_loss_loader, generate, load_checkpoint,
-                           lr_at_step, model_from_checkpoint, save_checkpoint,
-                           softmax_with_temperature, train_model, train_model_simple)
+from u_pretraining import (
+    calc_loss_batch,
+    calc_loss_loader,
+    generate,
+    softmax_with_temperature,
+    train_model_simple,
+)
 
 TINY_CFG = {"vocab_size": 96, "context_length": 16, "emb_dim": 32, "n_heads": 2, "n_layers": 2,
             "drop_rate": 0.1, "qkv_bias": False}
@@ -245,146 +248,3 @@ def test_softmax_with_temperature():
     assert sharp.argmax().item() == 3 and sharp[3] > 0.99  # "forward"
     assert flat.max() < 0.3 and flat.min() > 0.03
     assert sharp.sum().item() == pytest.approx(1.0) and flat.sum().item() == pytest.approx(1.0)
-
-
-# ---- u: checkpoints ----
-
-def trained_tiny_model():
-    torch.manual_seed(5)
-    model = GPTModel(TINY_CFG)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.001, weight_decay=0.1)
-    inputs, targets = torch.randint(0, 96, (2, 16)), torch.randint(0, 96, (2, 16))
-    for _ in range(2):
-        optimizer.zero_grad()
-        calc_loss_batch(inputs, targets, model, "cpu").backward()
-        optimizer.step()
-    return model.eval(), optimizer, inputs
-
-
-def test_save_and_load_checkpoint(tmp_path):
-    model, optimizer, inputs = trained_tiny_model()
-    path = save_checkpoint(tmp_path / "sub" / "ckpt.pth", model, TINY_CFG, optimizer, epoch=2,
-                           note="tiny")
-    assert [p.name for p in path.parent.iterdir()] == ["ckpt.pth"]  # no temporary file left
-    plain = tmp_path / "plain.pth"
-    torch.save({}, plain)
-    assert path.stat().st_mode == plain.stat().st_mode  # as readable as any file torch.save writes
-
-    checkpoint = load_checkpoint(path)
-    assert checkpoint["config"] == TINY_CFG
-    assert checkpoint["epoch"] == 2 and checkpoint["note"] == "tiny"
-
-    reloaded, cfg = model_from_checkpoint(path)
-    assert cfg == TINY_CFG and not reloaded.training
-    with torch.no_grad():
-        assert torch.equal(reloaded(inputs), model(inputs))
-
-    new_optimizer = torch.optim.AdamW(reloaded.parameters(), lr=0.5, weight_decay=0.1)
-    new_optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
-    assert new_optimizer.param_groups[0]["lr"] == 0.001
-    old_state, new_state = optimizer.state_dict()["state"], new_optimizer.state_dict()["state"]
-    assert old_state.keys() == new_state.keys()
-    for key in old_state:
-        for name in ("step", "exp_avg", "exp_avg_sq"):
-            assert torch.equal(old_state[key][name], new_state[key][name])
-
-    # A model-only checkpoint has no optimizer state.
-    path = save_checkpoint(tmp_path / "model.pth", model, TINY_CFG)
-    assert "optimizer_state_dict" not in load_checkpoint(path)
-
-
-def test_save_checkpoint_refuses_what_cannot_be_loaded(tmp_path):
-    model, _, _ = trained_tiny_model()
-    with pytest.raises(ValueError, match="weights_only"):
-        save_checkpoint(tmp_path / "c.pth", model, TINY_CFG, history=[1.0, object()])
-    with pytest.raises(ValueError, match="config"):
-        save_checkpoint(tmp_path / "c.pth", model, TINY_CFG, config={})
-    assert not list(tmp_path.iterdir())
-
-
-def test_broken_checkpoints_give_a_clear_error(tmp_path):
-    model, optimizer, _ = trained_tiny_model()
-    good = save_checkpoint(tmp_path / "good.pth", model, TINY_CFG, optimizer)
-    data = good.read_bytes()
-
-    missing = tmp_path / "missing.pth"
-    with pytest.raises(ScriptError, match="missing.pth"):
-        load_checkpoint(missing)
-
-    truncated = tmp_path / "truncated.pth"
-    truncated.write_bytes(data[:len(data) // 2])
-    with pytest.raises(ScriptError, match="truncated.pth.*damaged"):
-        load_checkpoint(truncated)
-    with pytest.raises(ScriptError, match="truncated.pth"):
-        model_from_checkpoint(truncated)
-
-    garbage = tmp_path / "garbage.pth"
-    garbage.write_bytes(bytes(range(256)) * 4)
-    with pytest.raises(ScriptError, match="garbage.pth"):
-        load_checkpoint(garbage)
-
-    # weights_only=True: a pickled arbitrary object is refused, not executed.
-    pickled = tmp_path / "pickled.pth"
-    torch.save({"model_state_dict": {}, "config": TINY_CFG, "x": CharTokenizer()}, pickled)
-    with pytest.raises(ScriptError, match="pickled.pth"):
-        load_checkpoint(pickled)
-
-    # Readable, but not one of ours.
-    plain = tmp_path / "plain.pth"
-    torch.save(model.state_dict(), plain)
-    with pytest.raises(ScriptError, match="model_state_dict"):
-        load_checkpoint(plain)
-
-
-# ---- u: appendix D ----
-
-def test_learning_rate_schedule_values():
-    peak, initial, minimum, warmup, total = 0.01, 0.0001, 0.00001, 27, 135
-    lrs = [lr_at_step(s, warmup, total, peak, initial, minimum) for s in range(total + 1)]
-    # Linear warmup from initial_lr towards peak_lr ...
-    assert lrs[0] == pytest.approx(initial)
-    assert lrs[1] - lrs[0] == pytest.approx((peak - initial) / warmup)
-    assert lrs[26] == pytest.approx(initial + 26 * (peak - initial) / 27)
-    # ... peak_lr right after warmup, half-way down the cosine at mid-decay, min_lr at the end.
-    assert lrs[27] == pytest.approx(peak)
-    assert lrs[27 + 54] == pytest.approx(minimum + (peak - minimum) / 2)
-    assert lrs[total] == pytest.approx(minimum)
-    assert all(a > b for a, b in zip(lrs[27:], lrs[28:]))
-
-
-def test_train_model_schedule_and_clipping_after_warmup(monkeypatch, capsys):
-    torch.manual_seed(123)
-    train_loader, val_loader = make_loaders(batch_size=4)
-    model = GPTModel(TINY_CFG)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
-    n_epochs, warmup_steps = 3, 4
-    total = len(train_loader) * n_epochs
-
-    clipped_at_lr, grad_norms = [], []
-    real_clip = torch.nn.utils.clip_grad_norm_
-
-    def recording_clip(parameters, max_norm):
-        clipped_at_lr.append(optimizer.param_groups[0]["lr"])
-        return real_clip(parameters, max_norm)
-
-    real_step = optimizer.step
-
-    def recording_step(*args, **kwargs):
-        grads = [p.grad.flatten() for p in model.parameters() if p.grad is not None]
-        grad_norms.append(torch.cat(grads).norm().item())
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
-    monkeypatch.setattr(optimizer, "step", recording_step)
-    train_losses, val_losses, tokens_seen, lrs = train_model(
-        model, train_loader, val_loader, optimizer, "cpu", n_epochs=n_epochs, eval_freq=5, eval_iter=1,
-        start_context="Every", tokenizer=CharTokenizer(), warmup_steps=warmup_steps,
-        initial_lr=1e-4, min_lr=1e-5)
-
-    assert "Ep 1 (Iter 000000)" in capsys.readouterr().out
-    assert lrs == [lr_at_step(s, warmup_steps, total, 0.01, 1e-4, 1e-5) for s in range(total)]
-    assert lrs[warmup_steps] == pytest.approx(0.01)
-    assert clipped_at_lr == lrs[warmup_steps:]  # clipped on every step after warmup, never during it
-    assert max(grad_norms[warmup_steps:]) <= 1.0 + 1e-4
-    assert max(grad_norms[:warmup_steps]) > 1.0  # so clipping had something to do
-    assert train_losses[-1] < train_losses[0]

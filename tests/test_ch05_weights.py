@@ -11,10 +11,19 @@ import pytest
 import torch
 
 import gpt_download
-from gpt_download import DownloadError, ScriptError, download_and_load_gpt2, load_gpt2_params_from_tf_ckpt
+from gpt_download import download_and_load_gpt2, load_gpt2_params_from_tf_ckpt
+from checkpoints import save_checkpoint
+from plumbing import DownloadError, ScriptError
 from s_gpt_model import GPTModel
-from v_load_gpt2_weights import (BASE_CONFIG, add_starting_point_args, assign, gpt2_config, gpt2_model_name,
-                                 gpt_model_from_params, load_starting_point, load_weights_into_gpt)
+from starting_point import add_starting_point_args, load_starting_point
+from v_load_gpt2_weights import (
+    BASE_CONFIG,
+    assign,
+    gpt2_config,
+    gpt2_model_name,
+    gpt_model_from_params,
+    load_weights_into_gpt,
+)
 
 TINY_HPARAMS = {"n_vocab": 64, "n_ctx": 16, "n_embd": 32, "n_head": 2, "n_layer": 2}
 TOLERANCE = 1e-4  # max abs difference of the logits from transformers'
@@ -356,11 +365,10 @@ def test_starting_point_gpt2_from_the_models_dir(tiny):
 
 
 def test_starting_point_init_from_a_checkpoint_of_u(tmp_path, capsys):
-    u_pretraining = pytest.importorskip("u_pretraining")
     cfg = {**BASE_CONFIG, "vocab_size": 64, "context_length": 8, "emb_dim": 16, "n_heads": 2, "n_layers": 1}
     torch.manual_seed(123)
     trained = GPTModel(cfg).eval()
-    path = u_pretraining.save_checkpoint(tmp_path / "model_and_optimizer.pth", trained, cfg)
+    path = save_checkpoint(tmp_path / "model_and_optimizer.pth", trained, cfg)
 
     model, loaded_cfg = load_starting_point(starting_point_args("--init-from", str(path)), "cpu",
                                             quick_cfg={**cfg, "emb_dim": 8})  # --init-from wins

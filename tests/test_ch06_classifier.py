@@ -12,9 +12,9 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import w_finetune_classifier as w
-from gpt_download import ScriptError
+from plumbing import ScriptError
 from s_gpt_model import GPTModel
-from u_pretraining import save_checkpoint
+from checkpoints import save_checkpoint
 from v_load_gpt2_weights import BASE_CONFIG, model_configs
 
 TINY_CFG = {"vocab_size": 64, "context_length": 16, "emb_dim": 32, "n_heads": 2, "n_layers": 2,

@@ -16,11 +16,19 @@ import generate_text
 import own_tokenizers
 import train_own_text
 from conftest import run_script
-from gpt_download import DATA_DIR, REPO_DIR, ScriptError
-from own_tokenizers import (BPETokenizer, CharTokenizer, GPT2_SPLIT_PATTERN, bytes_to_unicode,
-                            load_tokenizer, save_tokenizer, tokenizer_from_dict, tokenizer_to_dict)
+from own_tokenizers import (
+    GPT2_SPLIT_PATTERN,
+    BPETokenizer,
+    CharTokenizer,
+    bytes_to_unicode,
+    load_tokenizer,
+    save_tokenizer,
+    tokenizer_from_dict,
+    tokenizer_to_dict,
+)
+from plumbing import DATA_DIR, REPO_DIR, ScriptError
 from s_gpt_model import GPTModel
-from u_pretraining import save_checkpoint
+from checkpoints import save_checkpoint
 
 ODD_TEXT = (
     "Héllo wörld! Ça va? naïve café — “quotes” ‘single’ … 😀😃🤖👩‍👩‍👧‍👦 🇩🇪 ñ\n\n\n  \t\t x  \r\n"

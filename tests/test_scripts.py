@@ -1,14 +1,13 @@
 """Smoke test: every script runs end to end as a reader runs it (heavy ones in --quick mode),
 offline, in a temporary data folder the test prepares, and prints what the book shows."""
 
+# ---- chapter 2 (a-g) ----
+import re  # noqa: E402
+import socket  # noqa: E402
+
 import pytest
 
 from conftest import run_script
-
-# ---- chapter 2 (a-g) ----
-
-import re  # noqa: E402
-import socket  # noqa: E402
 
 # A short stand-in for the-verdict.txt: it holds every word of b_tokenizer.TEXT (so V1 can encode it)
 # and enough GPT-2 tokens (72) for e's and g's windows.
@@ -221,23 +220,54 @@ def test_u_pretraining_quick(tmp_path, gpt2_tokenizer):
     data_dir, outputs_dir = tmp_path / "data", tmp_path / "outputs"
     data_dir.mkdir()
     (data_dir / "the-verdict.txt").write_text(CH05_STORY, encoding="utf-8")
-    out = run_script("u_pretraining.py", "--quick", "--appendix-d", "--device", "cpu",
+    out = run_script("u_pretraining.py", "--quick", "--device", "cpu",
                      data_dir=data_dir, outputs_dir=outputs_dir).stdout
     assert "Characters: 3000\n" in out
     assert re.search(r"^Ep 1 \(Step 000000\): Train loss \d+\.\d{3}, Val loss \d+\.\d{3}$", out, re.M)
     assert re.search(r"^Ep 2 \(Step 0000\d\d\): Train loss \d+\.\d{3}", out, re.M)
-    assert re.search(r"^Ep 1 \(Iter 000000\): Train loss \d+\.\d{3}", out, re.M)
     # The toy-vocabulary demos do not depend on the model: they print the book's numbers.
     assert "73 x closer\n0 x every\n0 x effort\n582 x forward\n2 x inches\n0 x moves\n0 x pizza\n343 x toward\n" in out
     assert ("Top-k probabilities: tensor([0.0615, 0.0000, 0.0000, 0.5775, 0.0000, 0.0000, 0.0000, "
             "0.3610, 0.0000])") in out
     assert "The reloaded model gives the same logits: True" in out
-    for name in ("loss-plot.png", "temperature-plot.png", "lr-schedule.png", "loss-plot-appendix-d.png"):
-        assert (outputs_dir / name).read_bytes()[:4] == b"\x89PNG"
+    # A quick run writes under outputs/quick/, so it never replaces a full run's results.
+    assert sorted(path.name for path in outputs_dir.iterdir()) == ["quick"]
+    for name in ("pretraining-loss-plot.png", "temperature-plot.png"):
+        assert (outputs_dir / "quick" / name).read_bytes()[:4] == b"\x89PNG"
 
-    from u_pretraining import QUICK_CONFIG, load_checkpoint
-    checkpoint = load_checkpoint(outputs_dir / "model_and_optimizer.pth")
+    from checkpoints import load_checkpoint
+    from u_pretraining import QUICK_CONFIG
+    checkpoint = load_checkpoint(outputs_dir / "quick" / "model_and_optimizer.pth")
     assert checkpoint["config"] == QUICK_CONFIG and "optimizer_state_dict" in checkpoint
+
+
+def test_appendix_d_quick(tmp_path, gpt2_tokenizer):
+    data_dir, outputs_dir = tmp_path / "data", tmp_path / "outputs"
+    data_dir.mkdir()
+    (data_dir / "the-verdict.txt").write_text(CH05_STORY, encoding="utf-8")
+    out = run_script("appendix_d.py", "--quick", "--device", "cpu", data_dir=data_dir,
+                     outputs_dir=outputs_dir).stdout
+    steps = int(re.search(r"^D\.1 (\d+) steps, (\d+) of them warmup$", out, re.M)[1])
+    assert steps > 0 and "D.2 Peak learning rate 0.001000" in out
+    before, after = (float(v) for v in re.findall(r"Highest gradient (?:before|after) clipping: tensor\(([-\d.e]+)\)", out))
+    assert after < before
+    assert re.search(r"^Ep 1 \(Iter 000000\): Train loss \d+\.\d{3}", out, re.M)
+    for name in ("appendix-d-lr-schedule.png", "appendix-d-loss-plot.png"):
+        assert (outputs_dir / "quick" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fast_pretraining_quick(tmp_path, gpt2_tokenizer):
+    data_dir, outputs_dir = tmp_path / "data", tmp_path / "outputs"
+    data_dir.mkdir()
+    (data_dir / "the-verdict.txt").write_text(CH05_STORY, encoding="utf-8")
+    out = run_script("fast_pretraining.py", "--quick", "--grad-accum", "2", "--device", "cpu",
+                     data_dir=data_dir, outputs_dir=outputs_dir).stdout
+    assert "global batch 4; FastMultiHeadAttention, fused AdamW" in out
+    assert "2 batches per optimizer step" in out
+    assert re.search(r"^Ep 2 \(Step 0000\d\d\): Train loss \d+\.\d{3}", out, re.M)
+    from checkpoints import load_checkpoint
+    checkpoint = load_checkpoint(outputs_dir / "quick" / "fast_pretraining.pth")
+    assert checkpoint["config"]["attention"] == "fast" and "optimizer_state_dict" in checkpoint
 
 
 def test_u_pretraining_text_too_short(tmp_path, gpt2_tokenizer):

@@ -1,21 +1,17 @@
-"""The fast paths beside the book's code compute what the book's code computes: FastMultiHeadAttention,
-KV-cache generation, fast and gradient-accumulated training, and two-process DDP on CPU."""
+"""fast_attention.py computes what the book's code computes: FastMultiHeadAttention against
+MultiHeadAttention, and KV-cache generation against the uncached loop."""
 
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
-import torch.multiprocessing as mp
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import TensorDataset
 
+import checkpoints
 import u_pretraining as u
-from conftest import REPO_DIR
-from m_efficient_multi_head_attention import FastMultiHeadAttention, KVCache, MultiHeadAttention
+from fast_attention import CachedNextTokenLogits, FastMultiHeadAttention, KVCache, new_kv_cache
+from m_efficient_multi_head_attention import MultiHeadAttention
 from r_transformer_block import TransformerBlock
-from s_gpt_model import CachedNextTokenLogits, GPTModel, new_kv_cache
+from s_gpt_model import GPTModel
 
 TINY = {"vocab_size": 64, "context_length": 12, "emb_dim": 16, "n_heads": 2, "n_layers": 2,
         "drop_rate": 0.0, "qkv_bias": True}
@@ -121,8 +117,8 @@ def test_fast_model_loads_a_book_checkpoint_and_round_trips_its_own(tmp_path):
     idx = torch.tensor([[1, 5, 9, 2, 3]])
     assert torch.allclose(fast(idx), book(idx), atol=1e-5)
 
-    path = u.save_checkpoint(tmp_path / "fast.pth", fast, {**TINY, "attention": "fast"})
-    reloaded, cfg = u.model_from_checkpoint(path)
+    path = checkpoints.save_checkpoint(tmp_path / "fast.pth", fast, {**TINY, "attention": "fast"})
+    reloaded, cfg = checkpoints.model_from_checkpoint(path)
     assert cfg["attention"] == "fast" and isinstance(reloaded.trf_blocks[0].att, FastMultiHeadAttention)
     assert torch.equal(reloaded(idx), fast(idx))
 
@@ -210,122 +206,3 @@ def test_cached_logits_past_the_models_context_raise_like_the_book():
     assert next_logits.kv_cache[0].length == 10
 
 
-# ---- training ----
-
-def train(cfg, fast=False, grad_accum_steps=1, batch_size=2, autocast_dtype=None, epochs=2):
-    """Train on token_dataset() from seed 123; return (model, losses on a fixed loader, tokens seen)."""
-    loader = DataLoader(token_dataset(), batch_size=batch_size, shuffle=False)
-    eval_loader = DataLoader(token_dataset(), batch_size=4, shuffle=False)
-    model, train_model, optimizer = u.build_training(cfg, TRAIN_SETTINGS, torch.device("cpu"), fast=fast)
-    _, losses, tokens_seen = u.train_model_simple(
-        train_model, loader, eval_loader, optimizer, torch.device("cpu"), num_epochs=epochs, eval_freq=2,
-        eval_iter=2, start_context="ab", tokenizer=CharTokenizer(),
-        grad_accum_steps=grad_accum_steps, autocast_dtype=autocast_dtype)
-    return model, losses, tokens_seen
-
-
-def test_fast_training_follows_the_book_training_from_the_same_seed(capsys):
-    cfg = {**TINY, "drop_rate": 0.1}
-    book_model, book_losses, book_tokens = train(cfg)
-    assert book_losses[-1] < book_losses[0] - 0.3  # it learns
-    # The same seed gives the same weights and dropout masks, so only rounding differs.
-    fast_model, fast_losses, fast_tokens = train({**cfg, "attention": "fast"}, fast=True)
-    assert fast_tokens == book_tokens
-    assert fast_losses == pytest.approx(book_losses, abs=1e-4)
-    # With bfloat16 autocast the rounding is coarser.
-    _, bf16_losses, _ = train({**cfg, "attention": "fast"}, fast=True, autocast_dtype=torch.bfloat16)
-    assert bf16_losses == pytest.approx(book_losses, abs=0.05)
-    assert bf16_losses != pytest.approx(book_losses, abs=1e-4)  # so bfloat16 was really used
-    assert "Ep 2 (Step 000014)" in capsys.readouterr().out
-
-
-def test_gradient_accumulation_matches_the_larger_batch():
-    cfg = TINY_NO_QKV_BIAS
-    model_big, losses_big, tokens_big = train(cfg, batch_size=4)
-    model_accum, losses_accum, tokens_accum = train(cfg, batch_size=2, grad_accum_steps=2)
-    assert tokens_accum == tokens_big and len(losses_accum) == len(losses_big)
-    assert losses_accum == pytest.approx(losses_big, abs=1e-5)
-    for (name, big), accum in zip(model_big.state_dict().items(), model_accum.state_dict().values()):
-        assert torch.allclose(accum, big, atol=1e-5), name
-
-
-def test_accumulation_groups_keep_every_batch():
-    assert [len(group) for group in u.accumulation_groups(range(7), 3)] == [3, 3, 1]
-    assert [group for group in u.accumulation_groups(range(2), 1)] == [[0], [1]]
-
-
-# ---- DDP on CPU ----
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def ddp_worker(rank, world_size, port, results_dir):
-    """One rank, started the way torchrun starts it."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    rank, world_size, device = u.setup_distributed("cpu")
-    try:
-        loader = u.distributed_loader(DataLoader(token_dataset(), batch_size=2), rank, world_size)
-        model, train_model, optimizer = u.build_training(TINY_NO_QKV_BIAS, TRAIN_SETTINGS, device, ddp=True)
-        losses, _, _ = u.train_model_simple(
-            train_model, loader, loader, optimizer, device, num_epochs=2, eval_freq=2, eval_iter=1,
-            start_context="ab", tokenizer=CharTokenizer(), is_main_process=rank == 0)
-        torch.save({"state_dict": model.state_dict(), "losses": losses}, f"{results_dir}/rank{rank}.pt")
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-def test_two_process_ddp_on_cpu_matches_one_process_with_the_global_batch(tmp_path, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    mp.spawn(ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
-    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    assert len(rank0["losses"]) == 4 and rank1["losses"] == []  # only rank 0 evaluates and prints
-    for name, tensor in rank0["state_dict"].items():
-        assert torch.equal(tensor, rank1["state_dict"][name]), name
-
-    # One process, one optimizer step per global batch: rank 0's batch and rank 1's batch together.
-    dataset = token_dataset()
-    model, _, optimizer = u.build_training(TINY_NO_QKV_BIAS, TRAIN_SETTINGS, torch.device("cpu"))
-    for epoch in range(2):
-        shards = []
-        for rank in range(2):
-            sampler = DistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=True, seed=u.SEED,
-                                         drop_last=True)
-            sampler.set_epoch(epoch)
-            shards.append(list(sampler))
-        for step in range(len(shards[0]) // 2):
-            indices = shards[0][2 * step:2 * step + 2] + shards[1][2 * step:2 * step + 2]
-            inputs, targets = dataset[indices]
-            optimizer.zero_grad()
-            u.calc_loss_batch(inputs, targets, model, "cpu").backward()
-            optimizer.step()
-    for name, tensor in model.state_dict().items():
-        assert torch.allclose(rank0["state_dict"][name], tensor, atol=1e-5), name
-
-
-def test_u_pretraining_under_torchrun_trains_on_two_cpu_processes(tmp_path):
-    """The reader's command, `torchrun --nproc_per_node=2 u_pretraining.py --fast`, on a short story."""
-    data_dir, outputs_dir = tmp_path / "data", tmp_path / "outputs"
-    data_dir.mkdir()
-    (data_dir / "the-verdict.txt").write_text(
-        " ".join(f"Day {i}: the painter put down his brush and looked at the wall." for i in range(200)),
-        encoding="utf-8")
-    env = dict(os.environ, LLM_DATA_DIR=str(data_dir), LLM_OUTPUTS_DIR=str(outputs_dir), OMP_NUM_THREADS="1",
-               PYTHONUNBUFFERED="1")
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(REPO_DIR / "u_pretraining.py"), "--quick", "--fast", "--epochs", "1", "--device", "cpu"],
-        cwd=REPO_DIR, env=env, capture_output=True, text=True, encoding="utf-8", timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
-    assert out.count("2 processes (gloo); global batch 4; FastMultiHeadAttention") == 1  # rank 0 alone prints
-    assert out.count("Ep 1 (Step 000000): Train loss") == 1
-    assert [path.name for path in outputs_dir.iterdir()] == ["model_and_optimizer.pth"]
-    model, cfg = u.model_from_checkpoint(outputs_dir / "model_and_optimizer.pth")
-    assert cfg == {**u.QUICK_CONFIG, "attention": "fast"}
-    assert isinstance(model.trf_blocks[0].att, FastMultiHeadAttention)
