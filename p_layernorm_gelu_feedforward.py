@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from n_dummy_gpt_model import GPT_CONFIG_124M
-from plumbing import output_path, run_main
+from plumbing import output_path, run_main, save_figure
 
 
 class LayerNorm(nn.Module):
@@ -60,10 +60,7 @@ def plot_gelu_relu(path):
         plt.xlabel("x")
         plt.ylabel(f"{label}(x)")
         plt.grid(True)
-    plt.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main():

@@ -1,10 +1,12 @@
 """Set up and run the series with one command, on Linux, macOS and Windows.
 
     python run.py series            install what the scripts need, then run a_ ... z_ in order
+                                    (appendix_d.py right after u, in the book's order)
     python run.py series --quick    the same with the heavy scripts in their quick mode
-    python run.py series u v        only the scripts whose letters are given
+    python run.py series u v        only the scripts whose letters are given (u includes appendix D)
     python run.py test              install what the tests need, then run the test suite
     python run.py test -k ch05      extra arguments go to pytest
+    python run.py lint              install the test tools, then check the style with ruff
 
 Everything is installed into .venv/ beside this file, with constraints.txt pinning the tested
 torch, and reinstalled only when a requirements file changes.
@@ -20,8 +22,12 @@ from pathlib import Path
 
 REPO_DIR = Path(__file__).resolve().parent
 VENV_DIR = REPO_DIR / ".venv"
-SERIES = sorted(p.name for p in REPO_DIR.glob("[a-z]_*.py"))
-HEAVY = {"u", "v", "w", "x", "y", "z"}  # scripts that take --quick
+# The walk-throughs in the book's order: the lettered scripts, with appendix D's after chapter 5's
+# (it trains chapter 5's model again with a schedule), as the book's appendix D builds on 5.2.
+LETTERED = sorted(p.name for p in REPO_DIR.glob("[a-z]_*.py"))
+SERIES = [name for script in LETTERED
+          for name in ([script, "appendix_d.py"] if script.startswith("u_") else [script])]
+HEAVY = {"u_", "v_", "w_", "x_", "y_", "z_", "appendix_d"}  # scripts that take --quick
 
 
 def venv_python():
@@ -50,9 +56,10 @@ def run_series(args):
     quick = "--quick" in args
     letters = [a for a in args if re.fullmatch(r"[a-z]", a)]
     for script in SERIES:
-        if letters and script[0] not in letters:
+        if letters and script[0] not in letters and not (script == "appendix_d.py" and "u" in letters):
             continue
-        command = [str(venv_python()), script] + (["--quick"] if quick and script[0] in HEAVY else [])
+        takes_quick = any(script.startswith(prefix) for prefix in HEAVY)
+        command = [str(venv_python()), script] + (["--quick"] if quick and takes_quick else [])
         print(f"\n===== {' '.join(command[1:])} =====", flush=True)
         subprocess.run(command, cwd=REPO_DIR, check=True)
 
@@ -60,13 +67,17 @@ def run_series(args):
 def main():
     if sys.version_info < (3, 10):
         sys.exit("The series needs Python 3.10 or newer.")
-    if len(sys.argv) < 2 or sys.argv[1] not in ("series", "test"):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("series", "test", "lint"):
         sys.exit(__doc__)
     command, args = sys.argv[1], sys.argv[2:]
     try:
         if command == "series":
             ensure_installed("requirements.txt")
             run_series(args)
+        elif command == "lint":
+            ensure_installed("requirements-test.txt")
+            sys.exit(subprocess.run([str(venv_python()), "-m", "ruff", "check", "."] + args,
+                                    cwd=REPO_DIR).returncode)
         else:
             ensure_installed("requirements-test.txt")
             sys.exit(subprocess.run([str(venv_python()), "-m", "pytest", "tests"] + args,
