@@ -15,28 +15,12 @@ import math
 import torch
 
 from d_tokenizer import get_gpt2_tokenizer
-from plumbing import (
-    add_device_arg,
-    add_quick_and_epochs_args,
-    book_or_quick,
-    get_device,
-    output_path,
-    run_main,
-    save_figure,
-)
+from plumbing import (add_device_arg, add_quick_and_epochs_args, book_or_quick, get_device, output_path,
+                      run_main, save_figure)
 from s_gpt_model import GPTModel
 from t_pretraining_basics import START_CONTEXT
-from u_pretraining import (
-    GPT_CONFIG_124M,
-    QUICK_CONFIG,
-    SEED,
-    calc_loss_batch,
-    evaluate_model,
-    generate_and_print_sample,
-    make_loaders,
-    plot_losses,
-    verdict_text,
-)
+from u_pretraining import (GPT_CONFIG_124M, QUICK_CONFIG, SEED, calc_loss_batch, evaluate_model,
+                           generate_and_print_sample, make_loaders, plot_losses, verdict_text)
 
 # Warm up linearly for the first 20% of the steps, then decay along a cosine.
 APPENDIX_D_SETTINGS = {

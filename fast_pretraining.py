@@ -23,31 +23,13 @@ import torch.distributed as dist
 
 from checkpoints import save_checkpoint
 from d_tokenizer import get_gpt2_tokenizer
-from plumbing import (
-    ScriptError,
-    add_device_arg,
-    add_quick_and_epochs_args,
-    book_or_quick,
-    get_device,
-    output_path,
-    positive_int,
-    run_main,
-)
+from plumbing import (ScriptError, add_device_arg, add_quick_and_epochs_args, book_or_quick, get_device,
+                      output_path, positive_int, run_main)
 from s_gpt_model import GPTModel
 from t_pretraining_basics import START_CONTEXT
-from u_pretraining import (
-    GPT_CONFIG_124M,
-    QUICK_CONFIG,
-    QUICK_SETTINGS,
-    SEED,
-    TRAIN_SETTINGS,
-    calc_loss_batch,
-    evaluate_model,
-    generate_and_print_sample,
-    make_loaders,
-    plot_losses,
-    verdict_text,
-)
+from u_pretraining import (GPT_CONFIG_124M, QUICK_CONFIG, QUICK_SETTINGS, SEED, TRAIN_SETTINGS,
+                           calc_loss_batch, evaluate_model, generate_and_print_sample, make_loaders,
+                           plot_losses, verdict_text)
 from y_neural_network_basics import ddp_setup
 
 TORCHRUN_COMMAND = "torchrun --nproc_per_node=2 fast_pretraining.py"

@@ -10,13 +10,8 @@ earlier letters (v and before).
 from pathlib import Path
 
 from checkpoints import model_from_checkpoint
-from v_load_gpt2_weights import (
-    add_gpt2_args,
-    fetch_gpt2_params,
-    gpt2_config,
-    gpt_model_from_params,
-    quick_model,
-)
+from v_load_gpt2_weights import (add_gpt2_args, fetch_gpt2_params, gpt2_config, gpt_model_from_params,
+                                 quick_model)
 
 
 def add_starting_point_args(parser, default_model):

@@ -17,16 +17,8 @@ from checkpoints import load_checkpoint, save_checkpoint
 from d_tokenizer import get_gpt2_tokenizer
 from e_data_preparation import create_dataloader_v1
 from fast_attention import CachedNextTokenLogits
-from plumbing import (
-    ScriptError,
-    add_device_arg,
-    add_quick_and_epochs_args,
-    book_or_quick,
-    get_device,
-    output_path,
-    run_main,
-    save_figure,
-)
+from plumbing import (ScriptError, add_device_arg, add_quick_and_epochs_args, book_or_quick, get_device,
+                      output_path, run_main, save_figure)
 from s_gpt_model import GPTModel, generate_text_simple
 from t_pretraining_basics import GPT_CONFIG_124M, START_CONTEXT, text_to_token_ids, token_ids_to_text
 

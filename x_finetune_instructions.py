@@ -25,17 +25,8 @@ from tqdm import tqdm
 from checkpoints import save_checkpoint
 from d_tokenizer import get_gpt2_tokenizer
 from ollama_client import JUDGE_MODEL, OLLAMA_URL, is_ollama_running, ollama_setup_hint, query_model
-from plumbing import (
-    DATA_DIR,
-    ScriptError,
-    add_device_arg,
-    add_quick_and_epochs_args,
-    book_or_quick,
-    download_file,
-    get_device,
-    output_path,
-    run_main,
-)
+from plumbing import (DATA_DIR, ScriptError, add_device_arg, add_quick_and_epochs_args, book_or_quick,
+                      download_file, get_device, output_path, run_main)
 from starting_point import add_starting_point_args, load_starting_point
 from t_pretraining_basics import text_to_token_ids, token_ids_to_text
 from u_pretraining import calc_loss_loader, generate, plot_losses, train_model_simple

@@ -15,26 +15,13 @@ import torch.nn as nn
 
 from checkpoints import save_checkpoint
 from d_tokenizer import get_gpt2_tokenizer
-from plumbing import (
-    add_device_arg,
-    add_quick_and_epochs_args,
-    book_or_quick,
-    get_device,
-    output_path,
-    run_main,
-)
+from plumbing import (add_device_arg, add_quick_and_epochs_args, book_or_quick, get_device, output_path,
+                      run_main)
 from starting_point import add_starting_point_args, load_starting_point
 from v_load_gpt2_weights import QUICK_CONFIG
-from w_finetune_classifier import (
-    QUICK_SETTINGS,
-    build_classifier,
-    calc_accuracy_loader,
-    create_spam_loaders,
-    fine_tune,
-    first_examples_loader,
-    load_classifier,
-    prepare_spam_splits,
-)
+from w_finetune_classifier import (QUICK_SETTINGS, build_classifier, calc_accuracy_loader,
+                                   create_spam_loaders, fine_tune, first_examples_loader, load_classifier,
+                                   prepare_spam_splits)
 
 # The book's settings for appendix E (the same training recipe as chapter 6).
 LORA_RANK = 16   # inner dimension of the low-rank matrices A and B

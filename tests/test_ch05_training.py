@@ -9,13 +9,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from s_gpt_model import GPTModel, generate_text_simple
 from t_pretraining_basics import text_to_token_ids, token_ids_to_text
-from u_pretraining import (
-    calc_loss_batch,
-    calc_loss_loader,
-    generate,
-    softmax_with_temperature,
-    train_model_simple,
-)
+from u_pretraining import (calc_loss_batch, calc_loss_loader, generate, softmax_with_temperature,
+                           train_model_simple)
 
 TINY_CFG = {"vocab_size": 96, "context_length": 16, "emb_dim": 32, "n_heads": 2, "n_layers": 2,
             "drop_rate": 0.1, "qkv_bias": False}

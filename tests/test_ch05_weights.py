@@ -16,14 +16,8 @@ from checkpoints import save_checkpoint
 from plumbing import DownloadError, ScriptError
 from s_gpt_model import GPTModel
 from starting_point import add_starting_point_args, load_starting_point
-from v_load_gpt2_weights import (
-    BASE_CONFIG,
-    assign,
-    gpt2_config,
-    gpt2_model_name,
-    gpt_model_from_params,
-    load_weights_into_gpt,
-)
+from v_load_gpt2_weights import (BASE_CONFIG, assign, gpt2_config, gpt2_model_name, gpt_model_from_params,
+                                 load_weights_into_gpt)
 
 TINY_HPARAMS = {"n_vocab": 64, "n_ctx": 16, "n_embd": 32, "n_head": 2, "n_layer": 2}
 TOLERANCE = 1e-4  # max abs difference of the logits from transformers'
