@@ -43,6 +43,35 @@ def main():
     print("  position embedding:", pos_embeddings[0, :3].detach())
     print("  input embedding:   ", input_embeddings[0, 0, :3].detach())
 
+    show_word_order(token_embeddings.detach(), pos_embeddings.detach())
+
+
+def attention_order_gap(attention, embeddings, order, pos_embeddings=None):
+    """Run self-attention on the tokens as they are and in another `order` (a permutation of the
+    positions); return the largest gap between the outputs for the reordered tokens and the
+    original outputs put in that order. Zero means attention saw a set of tokens, not a sequence."""
+    reordered = embeddings[:, order]
+    if pos_embeddings is not None:  # each position keeps its own embedding, whatever token sits there
+        embeddings, reordered = embeddings + pos_embeddings, reordered + pos_embeddings
+    with torch.no_grad():
+        outputs, _ = attention(embeddings, embeddings, embeddings)
+        outputs_reordered, _ = attention(reordered, reordered, reordered)
+    return (outputs_reordered - outputs[:, order]).abs().max().item()
+
+
+def show_word_order(token_embeddings, pos_embeddings):
+    """Why position embeddings: attention without them cannot tell the order of the tokens."""
+    # PyTorch's own attention layer, one head and no mask, stands in for the one chapter 3 builds.
+    # (Chapter 3's causal mask does reveal some order; the point here is attention itself.)
+    torch.manual_seed(SEED)
+    attention = torch.nn.MultiheadAttention(OUTPUT_DIM, num_heads=1, batch_first=True).eval()
+    reverse = torch.arange(MAX_LENGTH - 1, -1, -1)
+    print("\nWord order: self-attention on the batch, then on each row's tokens reversed.")
+    print("Are the outputs for the reversed tokens just the first outputs, reversed?")
+    for label, pos in (("token embeddings only:   ", None), ("plus position embeddings:", pos_embeddings)):
+        gap = attention_order_gap(attention, token_embeddings, reverse, pos)
+        print(f"  {label} {gap < 1e-5} (largest difference {gap:.2g})")
+
 
 if __name__ == "__main__":
     run_main(main)

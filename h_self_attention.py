@@ -77,6 +77,36 @@ def main():
     print("\nAll context vectors:\n", all_context_vecs)
     print("Previous 2nd context vector:", context_vec_2)
 
+    show_why_attention()
+
+
+def similarity_to(query_index):
+    """Dot products of every input with one query, split into lengths and the cosine of the angle
+    between them: x^i . x^q = |x^i| |x^q| cos(angle)."""
+    query = inputs[query_index]
+    dots = inputs @ query
+    lengths = inputs.norm(dim=1)
+    cosines = torch.nn.functional.cosine_similarity(inputs, query.unsqueeze(0), dim=1)
+    return dots, lengths, cosines
+
+
+def show_why_attention():
+    print("\n== Why attention ==")
+    print("An encoder-decoder RNN reads the whole input into one hidden state of a fixed size, and the")
+    print("decoder sees only that state: the longer the input, the more has to squeeze into it.")
+    print("Attention keeps every input and lets each position take a weighted mix of all of them,")
+    print("as z^2 above mixes all six; the weights come from dot products, a measure of similarity.")
+    print("Attention was first added to an RNN (2014); the transformer (2017) kept it and dropped the RNN.")
+
+    words = ["Your", "journey", "starts", "with", "one", "step"]  # the six rows of `inputs`
+    dots, lengths, cosines = similarity_to(1)
+    print('\nSimilarity to x^2 ("journey"): dot product = |x^i| * |x^2| * cosine')
+    print(f"  {'word':<8} {'dot':>6}  {'|x^i|':>6}  {'cosine':>6}")
+    for word, dot, length, cosine in zip(words, dots, lengths, cosines):
+        print(f"  {word:<8} {dot:6.4f}  {length:6.4f}  {cosine:6.4f}")
+    print("The cosine says how alike two directions are (1 = the same); the lengths scale it, so a")
+    print("short vector scores low even when it points the same way.")
+
 
 if __name__ == "__main__":
     run_main(main)

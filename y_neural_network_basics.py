@@ -158,7 +158,8 @@ def show_autograd():
     """A.3-A.4: the loss of one logistic-regression neuron and its gradients."""
     y = torch.tensor([1.0])  # true label
     x1 = torch.tensor([1.1])  # input feature
-    result = logistic_regression_grads(y, x1, w1=[2.2], b=[0.0])
+    w1, b = 2.2, 0.0  # weight and bias
+    result = logistic_regression_grads(y, x1, w1=[w1], b=[b])
     print(f"prediction a = sigmoid(x1 * w1 + b) = {result['a'].item():.4f}, "
           f"binary cross-entropy loss = {result['loss'].item():.4f}")
     print("torch.autograd.grad:", f"grad L_w1 = {result['grad_L_w1'].item():.4f},",
@@ -169,6 +170,32 @@ def show_autograd():
     a = result["a"]
     print("by hand:            ", f"(a - y) * x1 = {((a - y) * x1).item():.4f},",
           f"(a - y) = {(a - y).item():.4f}")
+    show_backpropagation(y, x1, w1, b)
+
+
+def backpropagation_by_hand(y, x1, w1, b):
+    """The chain rule for the neuron above, one local derivative per step of the forward pass,
+    multiplied together from the loss backwards, as loss.backward() does."""
+    z = x1 * w1 + b
+    a = torch.sigmoid(z)
+    dL_da = -y / a + (1 - y) / (1 - a)  # binary cross-entropy L = -(y log a + (1 - y) log(1 - a))
+    da_dz = a * (1 - a)                 # the sigmoid's slope
+    dL_dz = dL_da * da_dz               # simplifies to a - y
+    return {"z": z, "a": a, "dL/da": dL_da, "da/dz": da_dz, "dL/dz": dL_dz,
+            "dL/dw1": dL_dz * x1,      # dz/dw1 = x1
+            "dL/db": dL_dz * 1.0}      # dz/db = 1
+
+
+def show_backpropagation(y, x1, w1, b):
+    print("\nback-propagation in plain terms: the forward pass records every operation; backward()")
+    print("goes through them in reverse and, at each one, multiplies the gradient that arrives from")
+    print("the loss by the operation's own local derivative (the chain rule), so a single backward")
+    print("pass gives the gradient for every weight, however many layers lie between it and the loss:")
+    steps = backpropagation_by_hand(y, x1, w1, b)
+    print(f"  forward:  z = x1 * w1 + b = {steps['z'].item():.4f}, a = sigmoid(z) = {steps['a'].item():.4f}")
+    for name, rule in (("dL/da", "-y / a + (1 - y) / (1 - a)"), ("da/dz", "a * (1 - a)"),
+                       ("dL/dz", "dL/da * da/dz"), ("dL/dw1", "dL/dz * x1"), ("dL/db", "dL/dz * 1")):
+        print(f"  backward: {name:<6} = {rule:<26} = {steps[name].item():.4f}")
 
 
 def show_network():

@@ -161,3 +161,21 @@ def test_two_process_ddp_on_cpu_agrees_across_ranks(tmp_path, monkeypatch):
     assert [p.name for p in outputs_dir.iterdir()] == ["model_ddp.pth"]  # written by rank 0 only
     saved = torch.load(outputs_dir / "model_ddp.pth", weights_only=True)
     assert all(torch.equal(saved[name], rank0["state_dict"][name]) for name in saved)
+
+
+@pytest.mark.parametrize("y, x1, w1, b", [(1.0, 1.1, 2.2, 0.0), (0.0, -0.7, 0.3, 0.5)])
+def test_backpropagation_step_by_step_equals_autograd(y, x1, w1, b):
+    steps = y_nn.backpropagation_by_hand(torch.tensor([y]), torch.tensor([x1]), w1, b)
+    result = y_nn.logistic_regression_grads(torch.tensor([y]), torch.tensor([x1]), [w1], [b])
+    a = sigmoid(x1 * w1 + b)
+
+    def loss(a):
+        return -(y * math.log(a) + (1 - y) * math.log(1 - a))
+
+    h = 1e-6  # each local derivative against a central difference, the chain against autograd
+    assert steps["dL/da"].item() == pytest.approx((loss(a + h) - loss(a - h)) / (2 * h), rel=1e-4)
+    assert steps["da/dz"].item() == pytest.approx((sigmoid(x1 * w1 + b + h) - sigmoid(x1 * w1 + b - h))
+                                                  / (2 * h), rel=1e-4)
+    assert steps["dL/dz"].item() == pytest.approx(a - y, rel=1e-5)
+    assert steps["dL/dw1"].item() == pytest.approx(result["w1.grad"].item(), rel=1e-5)
+    assert steps["dL/db"].item() == pytest.approx(result["b.grad"].item(), rel=1e-5)

@@ -112,3 +112,25 @@ def test_seeded_embedding_layer_matches_the_book():
     one_hot = torch.nn.functional.one_hot(input_ids, num_classes=6).float()
     torch.testing.assert_close(one_hot @ layer.weight.detach(), out)
 
+
+
+# ---- why position embeddings (2.8): attention alone sees a set of tokens, not a sequence ----
+
+def test_attention_without_positions_only_reorders_its_outputs():
+    from g_embeddings import attention_order_gap
+
+    torch.manual_seed(0)
+    attention = torch.nn.MultiheadAttention(8, num_heads=1, batch_first=True).eval()
+    tokens, positions = torch.randn(2, 5, 8), torch.randn(5, 8)
+    order = torch.tensor([3, 0, 4, 1, 2])
+    with torch.no_grad():
+        out = attention(tokens, tokens, tokens)[0]
+        shuffled = tokens[:, order]
+        assert torch.allclose(attention(shuffled, shuffled, shuffled)[0], out[:, order], atol=1e-6)
+        placed, shuffled_placed = tokens + positions, shuffled + positions
+        out_placed = attention(placed, placed, placed)[0][:, order]
+        out_shuffled_placed = attention(shuffled_placed, shuffled_placed, shuffled_placed)[0]
+        assert not torch.allclose(out_shuffled_placed, out_placed, atol=1e-2)
+    assert attention_order_gap(attention, tokens, order) < 1e-6
+    assert attention_order_gap(attention, tokens, order, positions) == pytest.approx(
+        (out_shuffled_placed - out_placed).abs().max().item())

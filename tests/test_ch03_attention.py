@@ -178,3 +178,21 @@ def test_gpt2_sized_multi_head_attention_parameter_count():
     assert mha.mask.shape == (1024, 1024)
     assert not any(name == "mask" for name, _ in mha.named_parameters())  # a buffer, not trained
     assert isinstance(mha.out_proj, nn.Linear) and mha.out_proj.bias is not None
+
+
+def test_dot_product_is_both_lengths_times_the_cosine():
+    from h_self_attention import similarity_to
+
+    dots, lengths, cosines = similarity_to(1)
+    assert close(dots, [0.9544, 1.4950, 1.4754, 0.8434, 0.7070, 1.0865])  # the scores for x^2 above
+    query = inputs[1].tolist()
+    for row, dot, length, cosine in zip(inputs.tolist(), dots, lengths, cosines):
+        by_hand = sum(a * b for a, b in zip(row, query))
+        row_length = sum(a * a for a in row) ** 0.5
+        assert dot.item() == pytest.approx(by_hand, rel=1e-6)
+        assert length.item() == pytest.approx(row_length, rel=1e-6)
+        assert cosine.item() == pytest.approx(by_hand / (row_length * sum(b * b for b in query) ** 0.5),
+                                              rel=1e-5)
+    assert cosines[1].item() == pytest.approx(1.0)
+    # "with" points almost the way "journey" does, yet its short vector scores below "step"
+    assert cosines[3] > cosines[5] and dots[3] < dots[5]

@@ -114,6 +114,11 @@ def test_g_embeddings(ch02_dirs, gpt2_tokenizer):
     assert values["token embedding"] == pytest.approx(expected, abs=1e-4)
     assert values["input embedding"] == pytest.approx(
         [t + p for t, p in zip(values["token embedding"], values["position embedding"])], abs=2e-4)
+    # Reversing the tokens only reverses attention's outputs, until position embeddings are added.
+    assert re.search(r"^  token embeddings only:    True \(largest difference [\d.e-]+\)$", out, re.M)
+    with_positions = re.search(r"^  plus position embeddings: False \(largest difference ([\d.]+)\)$",
+                               out, re.M)
+    assert float(with_positions[1]) > 0.1
 
 
 def test_missing_story_without_network_gives_a_clear_message(tmp_path):
@@ -140,7 +145,9 @@ CH03_04_EXPECTED = {
     "h_self_attention.py": ["Attention scores for x^2: tensor([0.9544, 1.4950, 1.4754, 0.8434, 0.7070, 1.0865])",
                             "Attention weights (torch.softmax): tensor([0.1385, 0.2379, 0.2333, 0.1240, 0.1082, 0.1581])",
                             "Context vector z^2: tensor([0.4419, 0.6515, 0.5683])",
-                            "[0.4421, 0.5931, 0.5790]"],
+                            "[0.4421, 0.5931, 0.5790]",
+                            "  journey  1.4950  1.2227  1.0000\n  starts   1.4754  1.2071  0.9997\n"
+                            "  with     0.8434  0.7026  0.9817\n"],
     "i_compact_self_attention.py": ["query_2: tensor([0.4306, 1.4551])",
                                     "Attention score omega_22: tensor(1.8524)",
                                     "Context vector z^2: tensor([0.3061, 0.8210])",
@@ -462,6 +469,9 @@ def test_y_neural_network_basics(tmp_path):
     assert "torch.autograd.grad: grad L_w1 = -0.0898, grad L_b = -0.0817\n" in out
     assert "loss.backward():     w1.grad = -0.0898, b.grad = -0.0817\n" in out
     assert "by hand:             (a - y) * x1 = -0.0898, (a - y) = -0.0817\n" in out
+    assert "  backward: dL/da  = -y / a + (1 - y) / (1 - a) = -1.0889\n" in out
+    assert "  backward: dL/dz  = dL/da * da/dz              = -0.0817\n" in out
+    assert "  backward: dL/dw1 = dL/dz * x1                 = -0.0898\n" in out
     assert "Total number of trainable model parameters: 2213\n" in out
     assert "logits for a random input: tensor([[-0.1262,  0.1080, -0.1792]], grad_fn=<AddmmBackward0>)" in out
     assert "class-membership probabilities: tensor([[0.3113, 0.3934, 0.2952]])" in out
