@@ -1,5 +1,12 @@
 """Get the short story "The Verdict" and split its text into words and punctuation with a regex.
-Book sections 2.1-2.2. Run: python a_tokenizer.py"""
+
+A model computes with numbers, not letters, so the first step is to cut text into tokens, each of
+which will later get an ID and a vector. The pattern keeps punctuation and "--" as tokens of their
+own and drops the whitespace; case is kept, since capitals carry meaning (names, sentence starts).
+Not here: token IDs (b_tokenizer.py) and the subword tokenizer GPT-2 really uses (d_tokenizer.py).
+
+Book sections 2.1-2.2. Run: python a_tokenizer.py
+"""
 
 import re
 from pathlib import Path

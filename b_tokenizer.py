@@ -1,5 +1,11 @@
 """Build a vocabulary from the story and a first tokenizer that maps words to IDs and back.
-Book section 2.3. Run: python b_tokenizer.py"""
+
+The vocabulary gives every distinct token of the story an integer, in alphabetical order; encode
+turns a text into those integers and decode turns them back into text. A vocabulary built from one
+story knows only that story's words, so any other word fails, as "Hello" shows at the end.
+
+Book section 2.3. Run: python b_tokenizer.py
+"""
 
 import re
 

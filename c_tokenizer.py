@@ -1,5 +1,12 @@
 """SimpleTokenizerV2: unknown words become <|unk|>, and <|endoftext|> separates unrelated texts.
-Book section 2.4. Run: python c_tokenizer.py"""
+
+Two special tokens join the vocabulary: <|unk|> stands for any word the vocabulary lacks, and
+<|endoftext|> marks where one document stops and the next starts when unrelated texts are joined
+into one training stream. GPT-2 keeps only <|endoftext|>: its tokenizer never meets an unknown word.
+Not here: the [BOS], [EOS] and [PAD] tokens of other tokenizers (GPT-2 pads with <|endoftext|>).
+
+Book section 2.4. Run: python c_tokenizer.py
+"""
 
 from a_tokenizer import load_verdict, split_text
 from b_tokenizer import SimpleTokenizerV1, build_vocab

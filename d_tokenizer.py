@@ -1,5 +1,12 @@
 """Byte pair encoding with tiktoken's GPT-2 encoding: no unknown words, any text becomes token IDs.
-Book section 2.5. Run: python d_tokenizer.py"""
+
+Byte pair encoding builds its vocabulary by merging frequent pairs of characters, then of pieces,
+into longer pieces, so common words are one token and rare ones split into known subwords or, at
+worst, single bytes. GPT-2's vocabulary has 50,257 entries, the last being <|endoftext|> (50256).
+Not here: learning merges from your own text; own_tokenizers.py trains a byte pair encoding.
+
+Book section 2.5. Run: python d_tokenizer.py
+"""
 
 from importlib.metadata import version
 

@@ -1,5 +1,11 @@
 """Turn a text into input-target pairs with a sliding window: GPTDatasetV1 and create_dataloader_v1.
-Book section 2.6. Run: python e_data_preparation.py"""
+
+An LLM learns by predicting the next token, so each example is a window of max_length token IDs and
+its target is the same window moved one token to the right: every position is one prediction. The
+stride sets how far the next window starts; stride = max_length uses each token once, no overlap.
+
+Book section 2.6. Run: python e_data_preparation.py
+"""
 
 import torch
 from torch.utils.data import DataLoader, Dataset

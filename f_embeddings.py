@@ -1,5 +1,11 @@
 """An embedding layer is a lookup table: token ID i selects row i of its weight matrix.
-Book section 2.7. Run: python f_embeddings.py"""
+
+Networks work on vectors, so every token ID gets one: row i of a trainable matrix with one row per
+vocabulary entry. The lookup gives the same result as multiplying a one-hot vector by that matrix,
+without the multiplications; the rows start random and training moves them.
+
+Book section 2.7. Run: python f_embeddings.py
+"""
 
 import torch
 

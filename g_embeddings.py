@@ -1,5 +1,12 @@
 """Token embeddings plus absolute position embeddings: the input embeddings an LLM consumes.
-Book section 2.8. Run: python g_embeddings.py"""
+
+Self-attention by itself sees its inputs as a set: shuffle the tokens and it returns the same
+outputs, shuffled. GPT therefore adds a learned vector for each position to every token's vector,
+so one word at two places enters the model as two different vectors; the last lines show it.
+Not here: the original transformer's fixed sine-wave positions, or relative positions.
+
+Book section 2.8. Run: python g_embeddings.py
+"""
 
 import torch
 

@@ -1,5 +1,12 @@
-"""Self-attention by hand: attention scores, weights and context vectors, first with loops, then
-with matrix products (no trainable weights yet). Book section 3.3. Run: python h_self_attention.py"""
+"""Self-attention by hand: attention scores, weights and context vectors, with loops and matrices.
+
+Self-attention rebuilds each token's vector as a weighted mix of all the tokens' vectors, the
+weights saying how much each token matters to it. Here the weights are dot products of the
+embeddings (their similarity) put through softmax, so each row sums to 1; the end says why.
+Not here: trainable weights (i_compact_self_attention.py) or hiding later tokens (j).
+
+Book section 3.3. Run: python h_self_attention.py
+"""
 
 import torch
 

@@ -1,5 +1,11 @@
-"""Self-attention with trainable weights: queries, keys and values, step by step and then as the
-compact class SelfAttention_v1. Book section 3.4.1. Run: python i_compact_self_attention.py"""
+"""Self-attention with trainable weights: queries, keys and values, then SelfAttention_v1.
+
+Three trainable matrices project every input: a query (what the token looks for), a key (what it
+can be found by) and a value (what it hands on). Query-key dot products, divided by the square
+root of the key size so that softmax does not saturate, give the weights that mix the values.
+
+Book section 3.4.1. Run: python i_compact_self_attention.py
+"""
 
 import torch
 import torch.nn as nn

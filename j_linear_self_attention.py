@@ -1,6 +1,11 @@
-"""SelfAttention_v2 with nn.Linear layers, then causal attention step by step: a tril mask with
-renormalised rows, the -inf mask, and dropout on the attention weights.
-Book sections 3.4.2-3.5.2. Run: python j_linear_self_attention.py"""
+"""SelfAttention_v2 with nn.Linear, then causal attention: masks and dropout on the weights.
+
+nn.Linear does the same products as v1's matrices, with a better initialisation. A GPT predicts
+the next token, so a token must not see the ones after it: scores above the diagonal become -inf
+before softmax, and their weights 0. Dropout zeroes random weights in training, scaling the rest.
+
+Book sections 3.4.2-3.5.2. Run: python j_linear_self_attention.py
+"""
 
 import torch
 import torch.nn as nn

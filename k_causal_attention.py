@@ -1,5 +1,10 @@
 """CausalAttention: self-attention that cannot look ahead, with dropout, on a batch of inputs.
-Book section 3.5.3. Run: python k_causal_attention.py"""
+
+The steps of j in one module that takes a batch [batch, tokens, d_in]. The mask is a registered
+buffer: it moves with the module to the GPU and is saved with it, but is not a trained weight.
+
+Book section 3.5.3. Run: python k_causal_attention.py
+"""
 
 import torch
 import torch.nn as nn

@@ -1,5 +1,11 @@
 """MultiHeadAttentionWrapper: several CausalAttention heads side by side, outputs concatenated.
-Book section 3.6.1. Run: python l_multi_head_attention.py"""
+
+Each head has weights of its own, so each can attend to a different kind of relation between the
+tokens; their context vectors are joined along the last dimension. This wrapper runs the heads
+one after the other; m_efficient_multi_head_attention.py computes them all at once.
+
+Book section 3.6.1. Run: python l_multi_head_attention.py
+"""
 
 import torch
 import torch.nn as nn

@@ -1,5 +1,10 @@
 """MultiHeadAttention: all heads in one module by splitting the weights (section 3.6.2).
 
+One query, one key and one value projection of the full width are reshaped into num_heads slices,
+so batched matrix products compute every head together; an output projection then mixes the
+heads' results. Given the same weights, it computes what the wrapper of l computes.
+Not here: PyTorch's fused attention kernel (FastMultiHeadAttention, fast_attention.py).
+
 Run: python m_efficient_multi_head_attention.py
 """
 

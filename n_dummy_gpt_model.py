@@ -1,5 +1,9 @@
 """GPT_CONFIG_124M and DummyGPTModel: the skeleton of the GPT model (section 4.1).
 
+A GPT is token and position embeddings, a stack of transformer blocks, a final layer norm and a
+linear head scoring every vocabulary entry. The skeleton has that shape with placeholder blocks
+and norms that pass their input through, so the data flow is visible before the parts are built.
+
 Run: python n_dummy_gpt_model.py
 """
 

@@ -1,5 +1,11 @@
 """Run the DummyGPTModel skeleton on two tokenized sentences: one vector of 50,257 logits per token.
-Book section 4.1. Run: python o_use_dummy_gpt_model.py"""
+
+Each position's logits score every vocabulary entry as the token that comes next; the last
+position's scores are the ones text generation will use. The weights are random, so the scores
+mean nothing yet: training (chapter 5) gives them meaning.
+
+Book section 4.1. Run: python o_use_dummy_gpt_model.py
+"""
 
 import torch
 

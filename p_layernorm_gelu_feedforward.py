@@ -1,5 +1,10 @@
 """LayerNorm, GELU and FeedForward: the parts of a transformer block (sections 4.2-4.3).
 
+Layer normalisation rescales each token's activations to mean 0 and variance 1 (then applies a
+learned scale and shift), which keeps a deep network's training stable. GELU is a smooth ReLU that
+lets small negative values through. The feed-forward network widens each token's vector to four
+times its size, applies GELU and projects it back, every token on its own.
+
 Run: python p_layernorm_gelu_feedforward.py
 """
 

@@ -1,5 +1,11 @@
 """Shortcut (residual) connections: gradients in a five-layer network with and without them.
-Book section 4.4. Run: python q_shortcut_dnn.py"""
+
+Travelling back through many layers, gradients can shrink until the first layers hardly learn (the
+vanishing gradient problem). A shortcut adds a layer's input to its output, which gives the
+gradient a direct path around the layer; the printed means show the difference.
+
+Book section 4.4. Run: python q_shortcut_dnn.py
+"""
 
 import torch
 import torch.nn as nn

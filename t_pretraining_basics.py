@@ -1,5 +1,12 @@
 """Text <-> token IDs helpers, and the training loss by hand: cross entropy and perplexity.
-Book section 5.1. Run: python t_pretraining_basics.py"""
+
+Training needs one number saying how wrong the model is: cross entropy, the mean of the negative
+log probabilities the model gives the correct next tokens. Its exponential, the perplexity, reads
+as how many tokens the model is torn between; untrained, that is close to the vocabulary size.
+Not here: lowering the loss by training (u_pretraining.py).
+
+Book section 5.1. Run: python t_pretraining_basics.py
+"""
 
 import torch
 

@@ -1,5 +1,9 @@
-"""Pretrain the GPT model on "The Verdict", then decode with temperature and top-k, and save and
-reload the model and optimizer. Book sections 5.1-5.4.
+"""Pretrain the GPT model on "The Verdict", sample with temperature and top-k, save and reload it.
+
+Pretraining is next-token prediction on raw text: AdamW lowers t's cross entropy batch by batch,
+and the training and validation losses show the model learning, then overfitting one short story.
+Temperature divides the logits before sampling (low: safe and repetitive, high: varied and
+erratic); top-k samples among the k most likely tokens only. Book sections 5.1-5.4.
 
 Run: python u_pretraining.py            the book's run (on CPU it prints the book's loss log)
      python u_pretraining.py --quick    a tiny model for a few steps, to check that all runs

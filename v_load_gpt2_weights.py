@@ -1,4 +1,9 @@
 """Load OpenAI's pretrained GPT-2 weights into our GPTModel and generate text with them.
+
+Pretraining on a corpus large enough for good text is far beyond one computer, but OpenAI published
+GPT-2's trained weights. load_weights_into_gpt copies them into GPTModel layer by layer (OpenAI's
+one query-key-value matrix splits into our three); GPT-2 also has query, key and value biases, a
+1024-token context and an output head that shares the token embedding matrix.
 Book section 5.5.
 
 Run: python v_load_gpt2_weights.py                          GPT-2 124M, OpenAI's TensorFlow files

@@ -1,5 +1,10 @@
 """Fine-tune GPT-2 124M to tell spam SMS messages from normal ones (chapter 6).
 
+Classification fine-tuning swaps the 50,257-way output head for a 2-way one (ham, spam) and trains
+on labelled messages; only the last token's output counts, since under the causal mask it alone has
+seen the whole message. The last block, the final norm and the new head train; the rest stays frozen.
+The result classifies and nothing else: it can no longer write text.
+
 Run: python w_finetune_classifier.py             (the book's run: GPT-2 124M, 5 epochs)
      python w_finetune_classifier.py --quick     (a tiny random model, a few steps, to check the setup)
      python w_finetune_classifier.py --init-from outputs/model_and_optimizer.pth   (no GPT-2 download)

@@ -1,5 +1,9 @@
-"""Instruction fine-tuning: teach a pretrained GPT-2 to follow instructions, then let a larger
-model judge its answers (chapter 7).
+"""Instruction fine-tuning: teach a pretrained GPT-2 to follow instructions, and judge it (chapter 7).
+
+A pretrained model only continues text; trained on instruction-response pairs in one prompt format
+(Alpaca's), it learns to answer. The loss is pretraining's next-token loss, with the padding
+targets set to -100 so they do not count. Free-form answers have no single right text, so a larger
+model scores them. Not here: preference tuning (RLHF, DPO), which chat models add after this step.
 
 Run: python x_finetune_instructions.py            (the book's run: GPT-2 medium 355M, 2 epochs)
      python x_finetune_instructions.py --quick    (a tiny random model on a few entries, to check the setup)

@@ -1,5 +1,9 @@
-"""PyTorch in a nutshell: tensors, autograd, a small network, DataLoader, a training loop,
-saving and loading, devices, and distributed data parallel training (appendix A).
+"""PyTorch in a nutshell: tensors, autograd, a training loop, saving, devices, DDP (appendix A).
+
+PyTorch gives three things: tensors (arrays that also run on a GPU), autograd (gradients computed
+for you by back-propagation) and building blocks for models and training (nn.Module, Dataset,
+DataLoader, optimizers). Training repeats forward pass, loss, backward pass, optimizer step; with
+DistributedDataParallel each process trains a copy on its share of the data, gradients averaged.
 
 Run: python y_neural_network_basics.py [--device cpu] [--quick]
      torchrun --nproc_per_node=2 y_neural_network_basics.py --ddp    (two processes, A.9)

@@ -1,5 +1,9 @@
-"""LoRA: fine-tune chapter 6's spam classifier through small low-rank adapters while every original
-weight stays frozen, then merge the adapters into the weights for inference (appendix E).
+"""LoRA: fine-tune chapter 6's spam classifier through small low-rank adapters (appendix E).
+
+LoRA freezes every original weight matrix W and learns its change as the product of two thin
+matrices A and B (rank r), whose output is scaled by alpha and added to W's. With rank 16 that
+trains about 2% of the parameters, which saves memory; after training, merge_lora folds the
+adapters into W, so inference costs nothing extra.
 
 Run: python z_lora.py                  (the book's run: GPT-2 124M, rank 16, alpha 16, 5 epochs)
      python z_lora.py --quick          (a tiny random model, a few steps, to check the setup)
