@@ -1,5 +1,9 @@
 """TransformerBlock: attention and feed forward with pre-LayerNorm and shortcuts (section 4.5).
 
+Attention mixes information between the tokens; the feed-forward network then transforms each
+token on its own. Each half normalises its input first, applies dropout after, and adds its input
+back through a shortcut; the output has the input's shape, so blocks stack (GPT-2 124M has 12).
+
 Run: python r_transformer_block.py
 """
 

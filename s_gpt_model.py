@@ -1,5 +1,10 @@
 """GPTModel: the whole GPT-2 architecture, its size, and greedy text generation (4.6-4.7).
 
+Chapter 4's parts put together: with GPT_CONFIG_124M, 163 million parameters, or 124 million when
+the output head reuses the token embedding matrix, as OpenAI's GPT-2 does. A GPT writes one token
+at a time, feeding each new token back in (autoregressive); generate_text_simple takes the most
+likely token each step. Not here: sampling with temperature and top-k (u_pretraining.py).
+
 Run: python s_gpt_model.py
 """
 
