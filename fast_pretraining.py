@@ -1,13 +1,15 @@
 """Beyond the book: chapter 5's pretraining (section 5.2), faster, and on several processes.
 
 The model, data, seed and loss are chapter 5's (u_pretraining.py); what changes is how the work is
-done: FastMultiHeadAttention (fused projections, scaled_dot_product_attention), fused AdamW,
-bfloat16 autocast where the hardware computes it natively, TF32 matmuls on CUDA, torch.compile,
-gradient accumulation, and DistributedDataParallel under torchrun (appendix A's ddp_setup).
+done: FastMultiHeadAttention (fused projections, scaled_dot_product_attention), LayerNorm and GELU
+in PyTorch's fused kernels, fused AdamW, bfloat16 autocast where the hardware computes it natively
+(--dtype chooses), TF32 matmuls on CUDA, torch.compile, gradient accumulation, and
+DistributedDataParallel under torchrun (appendix A's ddp_setup).
 
 Run: python fast_pretraining.py                       5.2 on the fast path, then save and plot
      python fast_pretraining.py --quick               a tiny model for a few steps
      python fast_pretraining.py --compile --grad-accum 4
+     python fast_pretraining.py --dtype float32        the fast path without bfloat16 autocast
      python fast_pretraining.py --book-model          the book's attention and AdamW (to compare)
      torchrun --nproc_per_node=2 fast_pretraining.py  data parallel on 2 GPUs (or 2 CPU processes
                                                       with --device cpu); rank 0 logs and saves
@@ -34,6 +36,13 @@ from y_neural_network_basics import ddp_setup
 
 TORCHRUN_COMMAND = "torchrun --nproc_per_node=2 fast_pretraining.py"
 CHECKPOINT_NAME = "fast_pretraining.pth"  # under outputs/ (outputs/quick/ with --quick)
+DTYPE_CHOICES = ("auto", "float32", "bfloat16")  # --dtype; auto: bfloat16 where native (fast_autocast_dtype)
+
+
+def fast_config(cfg):
+    """The GPT config `cfg` with the fast path's modules: FastMultiHeadAttention and the fused
+    LayerNorm, GELU and FeedForward. The weights and their names stay the book's."""
+    return {**cfg, "attention": "fast", "fast_layers": True}
 
 
 def autocast_context(device, dtype):
@@ -54,6 +63,16 @@ def fast_autocast_dtype(device):
         except (AttributeError, RuntimeError):  # a PyTorch built without oneDNN
             return None
     return None
+
+
+def autocast_dtype_for(choice, device):
+    """The autocast dtype for --dtype `choice`: "auto" is fast_autocast_dtype(device), "float32" is
+    None (no autocast), "bfloat16" is bfloat16 even where the hardware only emulates it."""
+    if choice not in DTYPE_CHOICES:
+        raise ValueError(f"unknown dtype {choice!r}; use one of {', '.join(DTYPE_CHOICES)}")
+    if choice == "auto":
+        return fast_autocast_dtype(device)
+    return torch.bfloat16 if choice == "bfloat16" else None
 
 
 def enable_fast_math(device):
@@ -180,8 +199,8 @@ def setup_fast_paths(args, device):
     used = []
     if not args.book_model:
         enable_fast_math(device)
-        train_kwargs["autocast_dtype"] = fast_autocast_dtype(device)
-        used = ["FastMultiHeadAttention", "fused AdamW"]
+        train_kwargs["autocast_dtype"] = autocast_dtype_for(args.dtype, device)
+        used = ["FastMultiHeadAttention", "fused AdamW", "fused LayerNorm and GELU"]
         if device.type == "cuda":
             used.append("TF32 matmuls")
         if train_kwargs["autocast_dtype"] is not None:
@@ -206,6 +225,9 @@ def parse_args():
     parser.add_argument("--book-model", action="store_true",
                         help="train the book's attention with the book's AdamW in float32 (the fast "
                              "path's baseline); --compile, --grad-accum and torchrun still apply")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                        help="the fast path's compute dtype: auto (default) is bfloat16 autocast where the "
+                             "hardware computes bfloat16 natively, else float32")
     parser.add_argument("--compile", action="store_true",
                         help="train under torch.compile (needs a C++ compiler on CPU)")
     parser.add_argument("--grad-accum", type=positive_int, default=1, metavar="N",
@@ -216,7 +238,7 @@ def parse_args():
 def pretrain(args, rank, world_size, device):
     """5.2 on this process's share of the windows; rank 0 alone prints, saves and plots."""
     cfg = QUICK_CONFIG if args.quick else GPT_CONFIG_124M
-    cfg = cfg if args.book_model else {**cfg, "attention": "fast"}
+    cfg = cfg if args.book_model else fast_config(cfg)
     settings = book_or_quick(args, TRAIN_SETTINGS, QUICK_SETTINGS)
     train_kwargs, used = setup_fast_paths(args, device)
     tokenizer = get_gpt2_tokenizer()

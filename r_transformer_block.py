@@ -10,10 +10,9 @@ Run: python r_transformer_block.py
 import torch
 import torch.nn as nn
 
-from fast_attention import FastMultiHeadAttention, attend_with_cache
+from fast_attention import FastMultiHeadAttention, attend_with_cache, layer_classes
 from m_efficient_multi_head_attention import MultiHeadAttention
 from n_dummy_gpt_model import GPT_CONFIG_124M
-from p_layernorm_gelu_feedforward import FeedForward, LayerNorm
 from plumbing import run_main
 
 # The attention a config can ask for with its optional "attention" key (default: the book's).
@@ -38,9 +37,11 @@ class TransformerBlock(nn.Module):
             num_heads=cfg["n_heads"],
             dropout=cfg["drop_rate"],
             qkv_bias=cfg["qkv_bias"])
-        self.ff = FeedForward(cfg)
-        self.norm1 = LayerNorm(cfg["emb_dim"])
-        self.norm2 = LayerNorm(cfg["emb_dim"])
+        # FeedForward and LayerNorm (section 4.2-4.3), or their fused twins with "fast_layers": True
+        layer_norm_class, feed_forward_class = layer_classes(cfg)
+        self.ff = feed_forward_class(cfg)
+        self.norm1 = layer_norm_class(cfg["emb_dim"])
+        self.norm2 = layer_norm_class(cfg["emb_dim"])
         self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
 
     def forward(self, x, kv_cache=None):

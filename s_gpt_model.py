@@ -12,9 +12,9 @@ import torch
 import torch.nn as nn
 
 from d_tokenizer import get_gpt2_tokenizer
+from fast_attention import layer_classes
 from n_dummy_gpt_model import GPT_CONFIG_124M
 from o_use_dummy_gpt_model import tokenize_batch
-from p_layernorm_gelu_feedforward import LayerNorm
 from plumbing import run_main
 from r_transformer_block import TransformerBlock
 
@@ -45,7 +45,7 @@ class GPTModel(nn.Module):
         self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
         self.drop_emb = nn.Dropout(cfg["drop_rate"])
         self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg["n_layers"])])
-        self.final_norm = LayerNorm(cfg["emb_dim"])
+        self.final_norm = layer_classes(cfg)[0](cfg["emb_dim"])  # LayerNorm, as in every block
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
 
     def forward(self, in_idx, kv_cache=None):

@@ -8,8 +8,17 @@ from torch.utils.data import TensorDataset
 
 import checkpoints
 import u_pretraining as u
-from fast_attention import CachedNextTokenLogits, FastMultiHeadAttention, KVCache, new_kv_cache
+from fast_attention import (
+    CachedNextTokenLogits,
+    FastFeedForward,
+    FastGELU,
+    FastLayerNorm,
+    FastMultiHeadAttention,
+    KVCache,
+    new_kv_cache,
+)
 from m_efficient_multi_head_attention import MultiHeadAttention
+from p_layernorm_gelu_feedforward import GELU, FeedForward, LayerNorm
 from r_transformer_block import TransformerBlock
 from s_gpt_model import GPTModel
 
@@ -129,6 +138,84 @@ def test_the_config_picks_the_attention_and_names_an_unknown_one():
     assert isinstance(TransformerBlock({**TINY, "attention": "fast"}).att, FastMultiHeadAttention)
     with pytest.raises(ValueError, match="unknown attention 'flash'.*'book', 'fast'"):
         GPTModel({**TINY, "attention": "flash"})
+
+
+def test_fast_attention_with_dropout_draws_the_books_mask_in_forward_and_backward():
+    torch.manual_seed(123)
+    book = MultiHeadAttention(d_in=6, d_out=8, context_length=10, dropout=0.5, num_heads=2)
+    fast = FastMultiHeadAttention.from_book(book)
+    x = torch.randn(3, 7, 6)
+    x_book, x_fast = x.clone().requires_grad_(), x.clone().requires_grad_()
+    torch.manual_seed(4)
+    out_book = book(x_book)
+    torch.manual_seed(4)
+    out_fast = fast(x_fast)
+    assert torch.allclose(out_fast, out_book, atol=1e-6)
+    torch.manual_seed(5)  # a different mask gives different outputs, so the mask was really drawn
+    assert not torch.allclose(fast(x), out_book, atol=1e-3)
+    out_book.square().sum().backward()
+    out_fast.square().sum().backward()
+    assert torch.allclose(x_fast.grad, x_book.grad, atol=1e-5)
+    assert torch.allclose(fast.out_proj.weight.grad, book.out_proj.weight.grad, atol=1e-5)
+
+
+# ---- fused LayerNorm, GELU, FeedForward ----
+
+def outputs_and_gradients(module, x):
+    """module(x), and the gradients of a loss that weighs each output differently with respect to x
+    and to every parameter."""
+    x = x.clone().requires_grad_()
+    out = module(x)
+    (out * torch.linspace(-1, 2, out.numel()).view_as(out)).sum().backward()
+    return out, x.grad, {name: p.grad for name, p in module.named_parameters()}
+
+
+@pytest.mark.parametrize("make_book, make_fast", [
+    (lambda: LayerNorm(16), lambda: FastLayerNorm(16)),
+    (GELU, FastGELU),
+    (lambda: FeedForward(TINY), lambda: FastFeedForward(TINY)),
+])
+def test_fused_layers_match_the_books_values_and_gradients(make_book, make_fast):
+    torch.manual_seed(123)
+    book = make_book()
+    torch.manual_seed(123)
+    fast = make_fast()
+    assert list(fast.state_dict()) == list(book.state_dict())  # scale/shift, layers.0/layers.2
+    for name, tensor in book.state_dict().items():
+        assert torch.equal(fast.state_dict()[name], tensor), name  # the same random draws
+    with torch.no_grad():  # a trained LayerNorm is not ones and zeros
+        for p_book, p_fast in zip(book.parameters(), fast.parameters()):
+            p_book.uniform_(-1, 1)
+            p_fast.copy_(p_book)
+    x = 3 * torch.randn(4, 5, 16) + 1
+    out_book, x_grad_book, grads_book = outputs_and_gradients(book, x)
+    out_fast, x_grad_fast, grads_fast = outputs_and_gradients(fast, x)
+    assert torch.allclose(out_fast, out_book, atol=1e-5)
+    assert torch.allclose(x_grad_fast, x_grad_book, atol=1e-5)
+    for name, grad in grads_book.items():
+        assert torch.allclose(grads_fast[name], grad, atol=1e-5), name
+
+
+def test_fast_layers_keep_the_books_weights_and_checkpoints_load_both_ways(tmp_path):
+    torch.manual_seed(123)
+    book = GPTModel(TINY).eval()
+    torch.manual_seed(123)
+    fast = GPTModel({**TINY, "fast_layers": True}).eval()
+    assert isinstance(fast.final_norm, FastLayerNorm) and isinstance(fast.trf_blocks[1].norm2, FastLayerNorm)
+    assert isinstance(fast.trf_blocks[0].ff.layers[1], FastGELU) and type(book.final_norm) is LayerNorm
+    for name, tensor in book.state_dict().items():
+        assert torch.equal(fast.state_dict()[name], tensor), name
+    idx = torch.tensor([[1, 5, 9, 2, 3]])
+    assert torch.allclose(fast(idx), book(idx), atol=1e-5)
+
+    path = checkpoints.save_checkpoint(tmp_path / "fast.pth", fast, {**TINY, "fast_layers": True})
+    book_again = GPTModel(TINY).eval()
+    book_again.load_state_dict(checkpoints.load_checkpoint(path)["model_state_dict"])  # strict
+    assert torch.equal(book_again(idx), book(idx))
+    fast_cfg = {**TINY, "fast_layers": True, "attention": "fast"}
+    both = GPTModel(fast_cfg).eval()
+    both.load_state_dict(book.state_dict())
+    assert torch.allclose(both(idx), book(idx), atol=1e-5)
 
 
 # ---- KV cache ----

@@ -2,6 +2,7 @@
 same seed, gradient accumulation equals the larger batch, and two-process DDP on CPU equals one
 process with the global batch."""
 
+import argparse
 import os
 import socket
 import subprocess
@@ -38,15 +39,31 @@ def test_fast_training_follows_the_book_training_from_the_same_seed(capsys):
     cfg = {**TINY, "drop_rate": 0.1}
     book_model, book_losses, book_tokens = train(cfg)
     assert book_losses[-1] < book_losses[0] - 0.3  # it learns
-    # The same seed gives the same weights and dropout masks, so only rounding differs.
-    fast_model, fast_losses, fast_tokens = train({**cfg, "attention": "fast"}, fast=True)
+    # The same seed gives the same weights and dropout masks, so only rounding differs: the fast
+    # path (fused attention, LayerNorm, GELU, AdamW) is the book's model, computed differently.
+    fast_model, fast_losses, fast_tokens = train(fp.fast_config(cfg), fast=True)
     assert fast_tokens == book_tokens
     assert fast_losses == pytest.approx(book_losses, abs=1e-4)
     # With bfloat16 autocast the rounding is coarser.
-    _, bf16_losses, _ = train({**cfg, "attention": "fast"}, fast=True, autocast_dtype=torch.bfloat16)
+    _, bf16_losses, _ = train(fp.fast_config(cfg), fast=True, autocast_dtype=torch.bfloat16)
     assert bf16_losses == pytest.approx(book_losses, abs=0.05)
     assert bf16_losses != pytest.approx(book_losses, abs=1e-4)  # so bfloat16 was really used
     assert "Ep 2 (Step 000014)" in capsys.readouterr().out
+
+
+def test_dtype_flag_picks_the_autocast_dtype_and_keeps_float32_on_request():
+    cpu = torch.device("cpu")
+    assert fp.autocast_dtype_for("float32", cpu) is None
+    assert fp.autocast_dtype_for("bfloat16", cpu) is torch.bfloat16
+    assert fp.autocast_dtype_for("auto", cpu) is fp.fast_autocast_dtype(cpu)
+    with pytest.raises(ValueError, match="unknown dtype 'float16'"):
+        fp.autocast_dtype_for("float16", cpu)
+    args = argparse.Namespace(book_model=False, dtype="float32", compile=False, grad_accum=1)
+    train_kwargs, used = fp.setup_fast_paths(args, cpu)
+    assert train_kwargs["autocast_dtype"] is None and "bfloat16" not in used
+    assert used.startswith("FastMultiHeadAttention, fused AdamW, fused LayerNorm and GELU")
+    train_kwargs, used = fp.setup_fast_paths(argparse.Namespace(**{**vars(args), "dtype": "bfloat16"}), cpu)
+    assert train_kwargs["autocast_dtype"] is torch.bfloat16 and used.endswith("bfloat16 autocast")
 
 
 def test_gradient_accumulation_matches_the_larger_batch():
@@ -139,5 +156,5 @@ def test_fast_pretraining_under_torchrun_trains_on_two_cpu_processes(tmp_path):
     assert sorted(path.name for path in quick_dir.iterdir()) == ["fast-pretraining-loss-plot.png",
                                                                  "fast_pretraining.pth"]
     model, cfg = checkpoints.model_from_checkpoint(quick_dir / "fast_pretraining.pth")
-    assert cfg == {**u.QUICK_CONFIG, "attention": "fast"}
+    assert cfg == fp.fast_config(u.QUICK_CONFIG)
     assert isinstance(model.trf_blocks[0].att, FastMultiHeadAttention)
