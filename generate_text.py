@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 
 from own_tokenizers import ENDOFTEXT, CharTokenizer, tokenizer_from_dict
-from plumbing import OUTPUTS_DIR, ScriptError, get_device, run_main
-from checkpoints import load_checkpoint, model_from_checkpoint
+from plumbing import (OUTPUTS_DIR, ScriptError, add_device_arg, check_temperature, get_device, positive_int,
+                      run_main)
+from checkpoints import GPT2_VOCAB_SIZE, load_checkpoint, model_from_checkpoint
 from u_pretraining import generate
 
 DEFAULT_CHECKPOINT = OUTPUTS_DIR / "own_text.pth"
-GPT2_VOCAB_SIZE = 50257
 
 
 def checkpoint_tokenizer(checkpoint, path):
@@ -90,8 +90,8 @@ def main(argv=None):
                              "model, the instruction")
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
                         help="a .pth file written by this project (default outputs/own_text.pth)")
-    parser.add_argument("--max-new-tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.8,
+    parser.add_argument("--max-new-tokens", type=positive_int, default=200)
+    parser.add_argument("--temperature", type=check_temperature, default=0.8,
                         help="0 picks the most likely token every time; higher is more varied (default 0.8)")
     parser.add_argument("--top-k", type=int, default=50,
                         help="sample among the k most likely tokens only (default 50; 0 for all)")
@@ -100,12 +100,8 @@ def main(argv=None):
                         help="alpaca wraps the prompt in chapter 7's instruction template; auto uses it "
                              "for *-sft.pth checkpoints (default auto)")
     parser.add_argument("--input", default="", help="with --format alpaca: the entry's input text")
-    parser.add_argument("--device", help="cpu, cuda or mps (default: cuda, then mps, then cpu)")
+    add_device_arg(parser)
     args = parser.parse_args(argv)
-    if args.max_new_tokens < 1:
-        parser.error("--max-new-tokens must be at least 1")
-    if args.temperature < 0:
-        parser.error("--temperature must be 0 or positive")
     if args.top_k < 0:
         parser.error("--top-k must be 0 (no limit) or positive")
 

@@ -17,8 +17,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import regex  # the `regex` package knows \p{L} and \p{N}; the standard `re` does not
+from tqdm import tqdm
 
-from plumbing import DATA_DIR, ScriptError, run_main
+from plumbing import DATA_DIR, ScriptError, positive_int, run_main, write_atomically
 
 # GPT-2's pre-split (tiktoken's "r50k" pattern): contractions, letters, digits, other symbols
 # each with an optional leading space, and whitespace runs. BPE never merges across these pieces.
@@ -57,12 +58,36 @@ def str_to_token(text):
 
 
 def _split_on_specials(text, special_tokens):
-    """Split text into ordinary chunks and the special tokens between them (kept as items)."""
+    """The one special-token splitting loop: yield (piece, is_special) for the ordinary chunks of
+    text and the special tokens between them, in order."""
     if not special_tokens:
-        return [text]
+        if text:
+            yield text, False
+        return
     # Longest first, so a special token that contains another is matched whole.
     pattern = "(" + "|".join(re.escape(s) for s in sorted(special_tokens, key=len, reverse=True)) + ")"
-    return [part for part in re.split(pattern, text) if part]
+    for i, part in enumerate(re.split(pattern, text)):
+        if part:
+            yield part, i % 2 == 1  # re.split with one group puts the matches at the odd indices
+
+
+def ordinary_parts(text, special_tokens):
+    """The chunks of text between its special tokens: what a tokenizer learns from (special tokens
+    are added to a vocabulary whole, never learned from)."""
+    return [part for part, special in _split_on_specials(text, special_tokens) if not special]
+
+
+def _encode_with_specials(tokenizer, text, allowed_special, disallowed_special):
+    """encode() of every tokenizer here: allowed special tokens become their id, the rest goes
+    through tokenizer.encode_ordinary."""
+    allowed = _resolve_specials(text, tokenizer.special_tokens, allowed_special, disallowed_special)
+    ids = []
+    for part, special in _split_on_specials(text, allowed):
+        if special:
+            ids.append(tokenizer.special_tokens[part])
+        else:
+            ids.extend(tokenizer.encode_ordinary(part))
+    return ids
 
 
 def _resolve_specials(text, known, allowed_special, disallowed_special):
@@ -100,19 +125,13 @@ class CharTokenizer:
     @classmethod
     def from_text(cls, text, special_tokens=(ENDOFTEXT, UNK)):
         # Special-token strings in the text are tokens, not characters to learn.
-        ordinary = "".join(part for part in _split_on_specials(text, special_tokens)
-                           if part not in special_tokens)
-        return cls(sorted(set(ordinary)), special_tokens)
+        return cls(sorted(set().union(*ordinary_parts(text, special_tokens))), special_tokens)
+
+    def encode_ordinary(self, text):
+        return [self.str_to_int.get(char, self.unk_token) for char in text]
 
     def encode(self, text, allowed_special=frozenset(), disallowed_special=()):
-        allowed = _resolve_specials(text, self.special_tokens, allowed_special, disallowed_special)
-        ids = []
-        for part in _split_on_specials(text, allowed):
-            if part in allowed:
-                ids.append(self.special_tokens[part])
-            else:
-                ids.extend(self.str_to_int.get(char, self.unk_token) for char in part)
-        return ids
+        return _encode_with_specials(self, text, allowed_special, disallowed_special)
 
     def decode(self, ids):
         try:
@@ -171,75 +190,27 @@ class BPETokenizer:
         pair (ties: the pair with the smaller ids) inside the regex pieces.
 
         Not the naive loop over the whole text per merge: the distinct pieces ("words") are
-        counted once, pair counts and a pair -> words index are kept, and a merge only revisits
-        the words that contain the pair, updating the counts by difference; a heap finds the
-        next most frequent pair."""
+        counted once, and _PairCounts keeps the pair counts and a pair -> words index, so that a
+        merge only revisits the words that contain the pair; a heap finds the next pair."""
         split = regex.compile(pattern)
-        word_counts = Counter()
-        for part in _split_on_specials(text, special_tokens):
-            if part not in special_tokens:  # special tokens are added whole, never learned from
-                word_counts.update(split.findall(part))
-        words = [list(word.encode("utf-8")) for word in word_counts]
-        freqs = list(word_counts.values())
-
-        pair_counts = defaultdict(int)
-        pair_words = defaultdict(set)
-        for w, (word, freq) in enumerate(zip(words, freqs)):
-            for pair in zip(word, word[1:]):
-                pair_counts[pair] += freq
-                pair_words[pair].add(w)
-        heap = [(-count, pair) for pair, count in pair_counts.items()]
-        heapq.heapify(heap)
-
+        word_counts = Counter(word for part in ordinary_parts(text, special_tokens)
+                              for word in split.findall(part))
+        pairs = _PairCounts([list(word.encode("utf-8")) for word in word_counts], list(word_counts.values()))
         vocab = {b: bytes([b]) for b in range(256)}
         ranks = {token: i for i, token in vocab.items()}
         merges = []
-        bar = None
-        if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=num_merges, desc="BPE merges", unit="merge")
-        while len(merges) < num_merges:
-            pair = None
-            while heap:
-                neg_count, candidate = heapq.heappop(heap)
-                if pair_counts.get(candidate) == -neg_count:  # skip entries made stale by merges
-                    pair = candidate
+        with tqdm(total=num_merges, desc="BPE merges", unit="merge", disable=not progress) as bar:
+            while len(merges) < num_merges:
+                pair = pairs.most_frequent()
+                if pair is None:  # every piece is a single token: nothing left to merge
                     break
-            if pair is None:  # every piece is a single token: nothing left to merge
-                break
-            merged = vocab[pair[0]] + vocab[pair[1]]
-            new_id = ranks.get(merged)
-            if new_id is None:
-                new_id = len(vocab)
+                merged = vocab[pair[0]] + vocab[pair[1]]
+                # Rarely the same bytes were already made from another pair: then reuse that token.
+                new_id = ranks.setdefault(merged, len(vocab))
                 vocab[new_id] = merged
-                ranks[merged] = new_id
-            # else: rare, the same bytes were already made from another pair; reuse that token
-            merges.append(pair)
-            changed = set()
-            for w in pair_words.pop(pair):
-                word, freq = words[w], freqs[w]
-                new_word = _merge_pair(word, pair, new_id)
-                if len(new_word) == len(word):
-                    continue  # the index may name words that lost this pair to an earlier merge
-                for old in zip(word, word[1:]):
-                    pair_counts[old] -= freq
-                    changed.add(old)
-                for new in zip(new_word, new_word[1:]):
-                    pair_counts[new] += freq
-                    pair_words[new].add(w)
-                    changed.add(new)
-                words[w] = new_word
-            for p in changed:
-                count = pair_counts[p]
-                if count > 0:
-                    heapq.heappush(heap, (-count, p))
-                else:
-                    del pair_counts[p]
-                    pair_words.pop(p, None)
-            if bar is not None:
+                merges.append(pair)
+                pairs.merge(pair, new_id)
                 bar.update(1)
-        if bar is not None:
-            bar.close()
         specials = {tok: len(vocab) + i for i, tok in enumerate(special_tokens)}
         return cls(vocab, merges, specials, pattern)
 
@@ -278,14 +249,7 @@ class BPETokenizer:
 
     def encode(self, text, allowed_special=frozenset(), disallowed_special="all"):
         """Same arguments and results as tiktoken's Encoding.encode."""
-        allowed = _resolve_specials(text, self.special_tokens, allowed_special, disallowed_special)
-        ids = []
-        for part in _split_on_specials(text, allowed):
-            if part in allowed:
-                ids.append(self.special_tokens[part])
-            else:
-                ids.extend(self.encode_ordinary(part))
-        return ids
+        return _encode_with_specials(self, text, allowed_special, disallowed_special)
 
     def decode_bytes(self, ids):
         try:
@@ -343,6 +307,53 @@ def _merge_pair(ids, pair, new_id):
     return out
 
 
+class _PairCounts:
+    """BPE training's bookkeeping: how often each adjacent pair occurs in the words (weighted by
+    the words' frequencies), which words contain it, and a heap of (-count, pair) to find the
+    most frequent. Entries of the heap made stale by merges are skipped when popped."""
+
+    def __init__(self, words, freqs):
+        self.words, self.freqs = words, freqs
+        self.counts = defaultdict(int)
+        self.words_with = defaultdict(set)
+        for w, (word, freq) in enumerate(zip(words, freqs)):
+            for pair in zip(word, word[1:]):
+                self.counts[pair] += freq
+                self.words_with[pair].add(w)
+        self.heap = [(-count, pair) for pair, count in self.counts.items()]
+        heapq.heapify(self.heap)
+
+    def most_frequent(self):
+        while self.heap:
+            neg_count, pair = heapq.heappop(self.heap)
+            if self.counts.get(pair) == -neg_count:
+                return pair
+        return None
+
+    def merge(self, pair, new_id):
+        """Replace pair by new_id in the words that contain it, updating the counts by difference."""
+        changed = set()
+        for w in self.words_with.pop(pair):
+            word, freq = self.words[w], self.freqs[w]
+            new_word = _merge_pair(word, pair, new_id)
+            if len(new_word) == len(word):
+                continue  # the index may name words that lost this pair to an earlier merge
+            for old in zip(word, word[1:]):
+                self.counts[old] -= freq
+                changed.add(old)
+            for new in zip(new_word, new_word[1:]):
+                self.counts[new] += freq
+                self.words_with[new].add(w)
+                changed.add(new)
+            self.words[w] = new_word
+        for p in changed:
+            if self.counts[p] > 0:
+                heapq.heappush(self.heap, (-self.counts[p], p))
+            else:
+                del self.counts[p]
+                self.words_with.pop(p, None)
+
+
 def _merge_ids(merge_lines, encoder):
     """'Ġ t' merge lines -> (id, id) pairs, checking that each merge's result is in the vocab."""
     merges = []
@@ -379,11 +390,9 @@ def tokenizer_from_dict(data):
 
 
 def save_tokenizer(tokenizer, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as file:
-        json.dump(tokenizer_to_dict(tokenizer), file, ensure_ascii=False)
-    return path
+    """Write the tokenizer's description as JSON, atomically (plumbing.write_atomically)."""
+    text = json.dumps(tokenizer_to_dict(tokenizer), ensure_ascii=False)
+    return write_atomically(Path(path), lambda temp_path: temp_path.write_text(text, encoding="utf-8"))
 
 
 def load_tokenizer(path):
@@ -398,20 +407,24 @@ def load_tokenizer(path):
         raise ScriptError(f"{path} is not a tokenizer file this project wrote ({error})") from None
 
 
-def main():
+def main(argv=None):
+    # The reader of train_own_text.py's --data, imported here: own_text_data imports this module.
+    from own_text_data import read_text
+
     parser = argparse.ArgumentParser(description="Train a byte-level BPE on a text file and time it.")
     parser.add_argument("text", nargs="?", default=str(DATA_DIR / "tinyshakespeare" / "input.txt"),
-                        help="UTF-8 text file (default: data/tinyshakespeare/input.txt)")
-    parser.add_argument("--merges", type=int, default=1000, help="number of merges to learn")
+                        help="UTF-8 text file, or a folder of .txt files (default: "
+                             "data/tinyshakespeare/input.txt)")
+    parser.add_argument("--merges", type=positive_int, default=1000, help="number of merges to learn")
     parser.add_argument("--save", help="write the trained tokenizer to this JSON file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     path = Path(args.text)
     if not path.exists():
         raise ScriptError(f"no text file at {path}; give the path of a UTF-8 text file "
                           "(python train_own_text.py --data shakespeare downloads tiny-shakespeare "
                           "to data/tinyshakespeare/input.txt)")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)  # a folder's .txt files are joined by <|endoftext|>, as for training
     print(f"Training {args.merges} merges on {path} ({len(text.encode('utf-8')):,} bytes)")
     start = time.perf_counter()
     tokenizer = BPETokenizer.train(text, args.merges, progress=True)
@@ -420,7 +433,7 @@ def main():
           f"vocabulary {tokenizer.n_vocab} (256 bytes, merges, {ENDOFTEXT})")
     print("First merges:", [tokenizer.decode([256 + i]) for i in range(min(10, len(tokenizer.merges)))])
     start = time.perf_counter()
-    ids = tokenizer.encode(text)
+    ids = tokenizer.encode(text, allowed_special={ENDOFTEXT})
     print(f"Encoded the text into {len(ids):,} tokens ({len(text) / max(len(ids), 1):.2f} characters "
           f"per token) in {time.perf_counter() - start:.2f} s; round trip exact: "
           f"{tokenizer.decode(ids) == text}")

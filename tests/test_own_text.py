@@ -13,19 +13,12 @@ import pytest
 import torch
 
 import generate_text
+import own_text_data
 import own_tokenizers
 import train_own_text
 from conftest import run_script
-from own_tokenizers import (
-    GPT2_SPLIT_PATTERN,
-    BPETokenizer,
-    CharTokenizer,
-    bytes_to_unicode,
-    load_tokenizer,
-    save_tokenizer,
-    tokenizer_from_dict,
-    tokenizer_to_dict,
-)
+from own_tokenizers import (GPT2_SPLIT_PATTERN, BPETokenizer, CharTokenizer, bytes_to_unicode, load_tokenizer,
+                            save_tokenizer, tokenizer_from_dict, tokenizer_to_dict)
 from plumbing import DATA_DIR, REPO_DIR, ScriptError
 from s_gpt_model import GPTModel
 from checkpoints import save_checkpoint
@@ -36,22 +29,11 @@ ODD_TEXT = (
     "<|endoftext|>日本語のテキスト 中文 한국어 Ελληνικά русский العربية हिन्दी 123,456.789 ¹²³ ½ x²"
     "  trailing   \n\n<|endoftext|><|endoftext|>  I'm you're it's we'll they'd I've 'S 'T  'll\n   \n")
 
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # for the scripts run as subprocesses
-
 STORY = (
     "The lighthouse keeper counted the ships at dusk. Seven came home; one did not.\n"
     "She wrote their names in the ledger, 1893 to 1901, in a small, careful hand.\n"
     "When the storm came the keeper's daughter lit the lamp again, and again, and again.\n"
     "Nobody thanked her. The ledger kept the names, the sea kept the rest.\n")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; several threads spin against each other on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def shared_data_file(*parts):
@@ -205,7 +187,8 @@ def test_bpe_with_gpt2_files_equals_tiktoken(name, own_gpt2, gpt2_tokenizer):
 
 def test_bpe_with_gpt2_files_on_random_strings(own_gpt2, gpt2_tokenizer):
     rng = random.Random(0)
-    pool = list(" \t\n\r\x0b\x0c\x1c\x85\xa0\u2000\u2028\u3000\u200b'sStTlvdrem0123456789azAZ.,!?-\"éßæ日本😀👍🏽\u200d")
+    pool = list(" \t\n\r\x0b\x0c\x1c\x85\xa0\u2000\u2028\u3000\u200b'sStTlvdrem0123456789azAZ.,!?-\""
+                "éßæ日本😀👍🏽\u200d")
     for _ in range(500):
         text = "".join(rng.choice(pool) for _ in range(rng.randint(1, 25)))
         assert own_gpt2.encode(text) == gpt2_tokenizer.encode(text), repr(text)
@@ -225,27 +208,27 @@ def test_read_text_joins_a_folder_and_rejects_non_utf8(tmp_path):
     (tmp_path / "sub" / "c.txt").write_text("third", encoding="utf-8")
     (tmp_path / "a.txt").write_text("first", encoding="utf-8")
     (tmp_path / "notes.md").write_text("ignored", encoding="utf-8")
-    assert train_own_text.read_text(tmp_path) == "first<|endoftext|>second<|endoftext|>third"
+    assert own_text_data.read_text(tmp_path) == "first<|endoftext|>second<|endoftext|>third"
     (tmp_path / "d.txt").write_bytes("caf\u00e9".encode("latin-1"))
     with pytest.raises(ScriptError, match="not UTF-8"):
-        train_own_text.read_text(tmp_path)
+        own_text_data.read_text(tmp_path)
     with pytest.raises(ScriptError, match="no file or folder"):
-        train_own_text.read_text(tmp_path / "missing")
+        own_text_data.read_text(tmp_path / "missing")
 
 
 def test_named_datasets_download_through_the_helper(tmp_path, local_server, monkeypatch):
-    monkeypatch.setattr(train_own_text, "DATA_DIR", tmp_path)
+    monkeypatch.setattr(own_text_data, "DATA_DIR", tmp_path)
     sha = lambda text: hashlib.sha256(text.encode("utf-8")).hexdigest()  # noqa: E731
-    monkeypatch.setattr(train_own_text, "SHAKESPEARE_URL", local_server.add("/input.txt", "0123456789"))
-    monkeypatch.setattr(train_own_text, "SHAKESPEARE_SHA256", sha("0123456789"))
-    assert train_own_text.load_training_text("shakespeare", 0.9)[:2] == ("012345678", "9")
+    monkeypatch.setattr(own_text_data, "SHAKESPEARE_URL", local_server.add("/input.txt", "0123456789"))
+    monkeypatch.setattr(own_text_data, "SHAKESPEARE_SHA256", sha("0123456789"))
+    assert own_text_data.load_training_text("shakespeare", 0.9)[:2] == ("012345678", "9")
     assert (tmp_path / "tinyshakespeare" / "input.txt").is_file()
     local_server.add("/wt/train.txt", " = Title = \n train text \n")
     local_server.add("/wt/valid.txt", " valid @-@ text \n")
-    monkeypatch.setattr(train_own_text, "WIKITEXT2_URL", local_server.base_url + "/wt/{}")
-    monkeypatch.setattr(train_own_text, "WIKITEXT2_SHA256",
+    monkeypatch.setattr(own_text_data, "WIKITEXT2_URL", local_server.base_url + "/wt/{}")
+    monkeypatch.setattr(own_text_data, "WIKITEXT2_SHA256",
                         {"train.txt": None, "valid.txt": sha(" valid @-@ text \n")})
-    train, val, _ = train_own_text.load_training_text("wikitext2", 0.9)
+    train, val, _ = own_text_data.load_training_text("wikitext2", 0.9)
     assert (train, val) == (" = Title = \n train text \n", " valid @-@ text \n")
 
 
@@ -401,12 +384,12 @@ def test_generate_cli_end_to_end(story_file, tmp_path):
     outputs = tmp_path / "outputs"
     result = run_script("train_own_text.py", "--quick", "--data", str(story_file), "--tokenizer", "bpe",
                         "--bpe-merges", "30", "--context-length", "8", "--max-steps", "6",
-                        data_dir=tmp_path / "data", outputs_dir=outputs, timeout=120, env=ONE_THREAD)
+                        data_dir=tmp_path / "data", outputs_dir=outputs, timeout=120)
     assert "Training a byte-level BPE with 30 merges" in result.stdout
     assert "Checkpoint:" in result.stdout and "(step 6 of 6)" in result.stdout
     assert (outputs / "own_text-losses.png").is_file() and (outputs / "own_text-tokenizer.json").is_file()
     result = run_script("generate_text.py", "The keeper", "--max-new-tokens", "12", "--seed", "1",
-                        data_dir=tmp_path / "data", outputs_dir=outputs, timeout=120, env=ONE_THREAD)
+                        data_dir=tmp_path / "data", outputs_dir=outputs, timeout=120)
     assert result.stdout.startswith("The keeper") and len(result.stdout) > len("The keeper\n")
     assert "own BPE tokenizer (287 tokens)" in result.stderr  # 256 bytes + 30 merges + <|endoftext|>
 

@@ -1,0 +1,92 @@
+"""train_own_text.py's runs on disk (not a chapter): the state a checkpoint keeps so that a resumed
+run computes exactly what an uninterrupted one would, and the lock that keeps a second run off a
+checkpoint that a first one is writing.
+"""
+
+import contextlib
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from filelock import FileLock, Timeout
+
+from checkpoints import save_checkpoint
+from own_tokenizers import tokenizer_to_dict
+from plumbing import ScriptError, ensure_writable
+
+
+@dataclass
+class Run:
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    tokenizer: object
+    cfg: dict
+    settings: dict
+    state: dict       # position (step, epoch, batch in the epoch) and the losses so far
+    train_set: object
+    val_set: object
+    device: torch.device
+    path: Path        # the checkpoint
+    saved_step: int = None  # the step of the checkpoint on disk, None before the first one
+
+
+def new_train_state():
+    return {"global_step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens_seen": 0, "step_losses": [],
+            "train_losses": [], "val_losses": [], "track_tokens_seen": [], "eval_steps": []}
+
+
+def rng_states(device):
+    states = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states  # python's random and numpy draw nothing here
+
+
+def set_rng_states(states, device):
+    torch.set_rng_state(states["torch"].cpu())
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"].cpu(), device)
+
+
+def write_checkpoint(run):
+    """Everything a resumed run needs. checkpoints.save_checkpoint writes it atomically: a failed or
+    killed write leaves the previous checkpoint as it was, and a failed one is a one-line error."""
+    try:
+        save_checkpoint(run.path, run.model, run.cfg, run.optimizer,
+                        tokenizer=tokenizer_to_dict(run.tokenizer), run_settings=run.settings,
+                        train_state={**run.state, "rng": rng_states(run.device)})
+    except ScriptError as error:
+        if run.saved_step is None:
+            raise
+        raise ScriptError(f"{error} (it holds step {run.saved_step}: continue with python train_own_text.py "
+                          f"--resume --checkpoint {run.path})") from error
+    run.saved_step = run.state["global_step"]
+
+
+@contextlib.contextmanager
+def checkpoint_lock(path):
+    """Hold <checkpoint>.lock for the whole run, so that a second run on the same checkpoint stops at
+    once instead of deleting the first one's temporary file or overwriting its result. Checks first
+    that the folder can be written, before anything is trained."""
+    ensure_writable(path.parent)
+    lock = FileLock(path.with_name(path.name + ".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ScriptError(f"another train_own_text.py run is using {path} (it holds {lock.lock_file}); "
+                          "wait for it to finish, or give this run another --checkpoint") from None
+    except OSError as error:
+        raise ScriptError(f"cannot create the lock file {lock.lock_file} ({error.strerror or error}); "
+                          "give --checkpoint a path in a folder you can write to") from error
+    try:
+        # A run killed while writing leaves its temporary file behind; nobody else writes here now.
+        for stale in path.parent.glob(glob.escape(path.name) + ".*.part"):
+            stale.unlink(missing_ok=True)
+        yield
+    finally:
+        lock.release()
+
+
+def plot_path(checkpoint_path):
+    return checkpoint_path.with_name(checkpoint_path.stem + "-losses.png")

@@ -1,0 +1,129 @@
+"""The text that train_own_text.py trains on (not a chapter): a .txt file, a folder of .txt files,
+tiny-shakespeare or WikiText-2, split into training and validation text, the tokenizer made from
+it, and chapter 5's windows of context_length tokens (e_data_preparation.GPTDatasetV1).
+"""
+
+import hashlib
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from d_tokenizer import get_gpt2_tokenizer
+from e_data_preparation import GPTDatasetV1
+from own_tokenizers import ENDOFTEXT, BPETokenizer, CharTokenizer, load_tokenizer
+from plumbing import DATA_DIR, ScriptError, download_file
+
+# tiny-shakespeare: 1.1 MB of Shakespeare's plays in one file (karpathy/char-rnn).
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+
+# WikiText-2 as pytorch/examples ships it (pinned commit). Despite that repository's README these are
+# the tokenized splits (wiki.*.tokens): rare words are <unk>, numbers read "1 @,@ 000". train.txt
+# (about 10.8 MB) has no checksum here; valid.txt's is pinned.
+WIKITEXT2_URL = ("https://raw.githubusercontent.com/pytorch/examples/"
+                 "77f55b912142e11fcfdf5b530231fb9c52f181e8/word_language_model/data/wikitext-2/{}")
+WIKITEXT2_SHA256 = {
+    "train.txt": None,
+    "valid.txt": "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
+}
+
+
+def read_text(path):
+    """A file's text, or the .txt files of a folder (sorted, recursive) joined by <|endoftext|>.
+    A UTF-8 byte-order mark at the start of a file is not text ("utf-8-sig" drops it)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise ScriptError(f"the folder {path} holds no .txt files")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise ScriptError(f"no file or folder at {path}; give --data a .txt file, a folder of .txt "
+                          "files, 'shakespeare' or 'wikitext2'")
+    texts = []
+    for file in files:
+        try:
+            texts.append(file.read_text(encoding="utf-8-sig"))
+        except UnicodeDecodeError as error:
+            raise ScriptError(f"{file} is not UTF-8 text ({error.reason} at byte {error.start}); "
+                              "convert it to UTF-8 or remove it") from None
+        except OSError as error:
+            raise ScriptError(f"cannot read {file}: {error.strerror or error}") from None
+    return ENDOFTEXT.join(texts)  # the documents' boundaries stay visible to the model
+
+
+def load_training_text(data, train_ratio):
+    """(train_text, val_text, description) for --data: a path, 'shakespeare' or 'wikitext2'."""
+    if data == "shakespeare":
+        path = download_file(SHAKESPEARE_URL, DATA_DIR / "tinyshakespeare" / "input.txt",
+                             expected_sha256=SHAKESPEARE_SHA256)
+        text, description = read_text(path), f"tiny-shakespeare ({path})"
+    elif data == "wikitext2":
+        folder = DATA_DIR / "wikitext-2"
+        paths = {name: download_file(WIKITEXT2_URL.format(name), folder / name, expected_sha256=sha256)
+                 for name, sha256 in WIKITEXT2_SHA256.items()}
+        # WikiText-2 comes split: train on train.txt, validate on valid.txt.
+        return (read_text(paths["train.txt"]), read_text(paths["valid.txt"]),
+                f"WikiText-2 ({folder}: train.txt / valid.txt)")
+    else:
+        text, description = read_text(data), str(data)
+    split_idx = int(train_ratio * len(text))
+    return text[:split_idx], text[split_idx:], description
+
+
+def build_tokenizer(kind, train_text, bpe_merges=1000, bpe_path=None):
+    """The tokenizer that train_own_text.py's --tokenizer names, made from the training text."""
+    if kind == "gpt2":
+        return get_gpt2_tokenizer()
+    if kind == "char":
+        return CharTokenizer.from_text(train_text)
+    if bpe_path:
+        return load_tokenizer(bpe_path)
+    print(f"Training a byte-level BPE with {bpe_merges} merges on the training text")
+    start = time.perf_counter()
+    tokenizer = BPETokenizer.train(train_text, bpe_merges, progress=True)
+    print(f"  {len(tokenizer.merges)} merges in {time.perf_counter() - start:.1f} s")
+    return tokenizer
+
+
+def text_digest(*texts):
+    """The texts' SHA-256, so that --resume can tell whether the text changed since the start."""
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def make_datasets(train_text, val_text, tokenizer, context_length, batch_size):
+    """Windows of context_length tokens (stride = context_length, as chapter 5), with clear errors
+    when a split is too short for one training batch or one validation window."""
+    datasets = []
+    for name, text in (("training", train_text), ("validation", val_text)):
+        try:
+            datasets.append(GPTDatasetV1(text, tokenizer, max_length=context_length, stride=context_length))
+        except ValueError as error:
+            raise ScriptError(f"the {name} text is too short: {error}. Use a longer text, or a smaller "
+                              f"--context-length (now {context_length})") from None
+    train_set, val_set = datasets
+    if len(train_set) < batch_size:
+        raise ScriptError(
+            f"the training text gives {len(train_set)} windows of {context_length} tokens, fewer than "
+            f"one batch of --batch-size {batch_size} (about {batch_size * context_length + 1} tokens "
+            "are needed); use a longer text, a smaller --batch-size or a smaller --context-length")
+    return train_set, val_set
+
+
+def epoch_order(num_windows, seed, epoch):
+    """The shuffled order of an epoch, a pure function of (seed, epoch) so a resumed run has it too."""
+    return torch.randperm(num_windows, generator=torch.Generator().manual_seed(seed + epoch))
+
+
+def loader(dataset, batch_size, drop_last):
+    # Its own generator: a DataLoader draws a seed from the global RNG whenever it is iterated, which
+    # would shift the dropout masks of a resumed run.
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=drop_last, num_workers=0,
+                      generator=torch.Generator())
