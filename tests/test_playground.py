@@ -1,0 +1,288 @@
+"""playground.py, playground_models.py and look_inside.py: the request handlers on tiny models,
+the token stream against chapter 5's generate, and the attention weights against a hand computation."""
+
+import json
+
+import pytest
+import torch
+
+import playground
+from checkpoints import save_checkpoint
+from fast_attention import FastMultiHeadAttention
+from look_inside import attention_weights, book_attention, generate_stream, next_token_distributions
+from m_efficient_multi_head_attention import MultiHeadAttention
+from own_tokenizers import CharTokenizer, tokenizer_to_dict
+from playground_models import open_checkpoint
+from plumbing import ScriptError
+from s_gpt_model import GPTModel
+from u_pretraining import generate
+from w_finetune_classifier import build_classifier, classify_review
+
+TEXT = "Every effort moves you forward. The quick brown fox jumps over the lazy dog!\n"
+TOKENIZER = CharTokenizer.from_text(TEXT)
+CFG = {"vocab_size": TOKENIZER.n_vocab, "context_length": 16, "emb_dim": 16, "n_heads": 2, "n_layers": 2,
+       "drop_rate": 0.0, "qkv_bias": True}
+
+
+def tiny_model(seed=1, cfg=CFG):
+    torch.manual_seed(seed)
+    return GPTModel(cfg).eval()
+
+
+def save_tiny_checkpoints(folder):
+    """A language model, an instruction model and a classifier, all with a character tokenizer:
+    the kinds of checkpoint the series saves, small enough for a test. Returns their paths."""
+    tokenizer = tokenizer_to_dict(TOKENIZER)
+    lm = save_checkpoint(folder / "tiny-lm.pth", tiny_model(1), CFG, tokenizer=tokenizer)
+    instruct = save_checkpoint(folder / "tiny-instruct.pth", tiny_model(4, {**CFG, "context_length": 160}),
+                               {**CFG, "context_length": 160}, tokenizer=tokenizer, prompt_format="alpaca")
+    classifier = save_checkpoint(folder / "tiny-classifier.pth", build_classifier(tiny_model(3)), CFG,
+                                 tokenizer=tokenizer, num_classes=2)
+    return lm, instruct, classifier
+
+
+@pytest.fixture
+def client(tmp_path):
+    paths = save_tiny_checkpoints(tmp_path)
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"not a checkpoint")
+    sources = {p.name: (lambda p=p: open_checkpoint(p, "cpu")) for p in [*paths, broken]}
+    state = playground.Playground(sources)
+    state.open("tiny-lm.pth")
+    app = playground.create_app(state)
+    test_client = app.test_client()
+    test_client.state = state
+    return test_client
+
+
+def events(response):
+    return [json.loads(line) for line in response.get_data(as_text=True).splitlines()]
+
+
+# ---- look_inside.py ----
+
+@pytest.mark.parametrize("temperature, top_k", [(0.0, None), (1.5, 3), (0.7, None)])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generate_stream_gives_generates_ids_past_the_context_and_the_logits_it_drew_from(
+        temperature, top_k, use_cache):
+    model = tiny_model()
+    idx = torch.tensor([TOKENIZER.encode("Every effort")])  # 12 tokens, context 16: the window slides
+    torch.manual_seed(7)
+    expected = generate(model, idx, 10, CFG["context_length"], temperature=temperature, top_k=top_k)
+    torch.manual_seed(7)
+    steps = list(generate_stream(model, idx, 10, CFG["context_length"], temperature, top_k,
+                                 use_cache=use_cache))
+    assert [token for token, _ in steps] == expected[0, 12:].tolist()
+    for i, (_, logits) in enumerate(steps):
+        with torch.no_grad():
+            fresh = model(expected[:, :12 + i][:, -CFG["context_length"]:])[0, -1]
+        torch.testing.assert_close(logits, fresh, atol=1e-5, rtol=1e-5)
+
+
+def test_generate_stream_stops_before_the_end_of_text_token_like_generate():
+    model = tiny_model()
+    idx = torch.tensor([TOKENIZER.encode("The")])
+    greedy = generate(model, idx, 5, CFG["context_length"])[0, 3:].tolist()
+    eos_id = greedy[2]
+    assert eos_id not in greedy[:2]
+    streamed = [token for token, _ in generate_stream(model, idx, 5, CFG["context_length"], eos_id=eos_id)]
+    assert streamed == generate(model, idx, 5, CFG["context_length"], eos_id=eos_id)[0, 3:].tolist()
+    assert streamed == greedy[:2]
+
+
+def test_next_token_distributions_before_and_after_temperature_and_top_k():
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    before, after = next_token_distributions(logits, temperature=2.0, top_k=2)
+    torch.testing.assert_close(before, torch.tensor([0.6439, 0.2369, 0.0871, 0.0321]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(after, torch.tensor([0.6225, 0.3775, 0.0, 0.0]), atol=1e-4, rtol=0)
+    assert next_token_distributions(logits, 0.0, None)[1].tolist() == [1.0, 0.0, 0.0, 0.0]  # greedy
+    assert torch.equal(next_token_distributions(logits, 1.0)[1], before)
+    # Ties at the k-th logit stay, as generate's `logits < min_val` keeps them.
+    tied = next_token_distributions(torch.tensor([1.0, 1.0, 0.0]), 1.0, top_k=1)[1]
+    torch.testing.assert_close(tied, torch.tensor([0.5, 0.5, 0.0]))
+
+
+def test_attention_weights_are_softmax_of_scaled_query_key_products_under_the_causal_mask():
+    model = tiny_model()
+    idx = torch.tensor([TOKENIZER.encode("moves you")])
+    weights = attention_weights(model, idx, layer=1)
+    assert weights.shape == (2, 9, 9)
+
+    # By hand, from the layer's input and its W_query / W_key.
+    block = model.trf_blocks[1]
+    with torch.no_grad():
+        x = model.drop_emb(model.tok_emb(idx) + model.pos_emb(torch.arange(9)))
+        x = model.trf_blocks[0](x)
+        normed = block.norm1(x)
+        queries = block.att.W_query(normed).view(1, 9, 2, 8).transpose(1, 2)
+        keys = block.att.W_key(normed).view(1, 9, 2, 8).transpose(1, 2)
+    scores = (queries @ keys.transpose(2, 3)) / 8 ** 0.5
+    scores = scores.masked_fill(torch.triu(torch.ones(9, 9, dtype=torch.bool), 1), -torch.inf)
+    torch.testing.assert_close(weights, torch.softmax(scores, dim=-1)[0])
+    assert torch.all(weights.triu(1) == 0)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 9))
+    with pytest.raises(ValueError, match="layer must be 0 to 1"):
+        attention_weights(model, idx, layer=2)
+
+
+def test_a_model_with_fast_attention_shows_the_books_weights():
+    book = tiny_model()
+    fast = GPTModel({**CFG, "attention": "fast"}).eval()
+    fast.load_state_dict(book.state_dict())
+    assert isinstance(fast.trf_blocks[0].att, FastMultiHeadAttention)
+    idx = torch.tensor([TOKENIZER.encode("quick fox")])
+    torch.testing.assert_close(attention_weights(fast, idx, 0), attention_weights(book, idx, 0))
+
+    torch.manual_seed(3)
+    mha = MultiHeadAttention(6, 4, 5, 0.0, num_heads=2, qkv_bias=True).eval()
+    x = torch.rand(1, 5, 6)
+    torch.testing.assert_close(book_attention(FastMultiHeadAttention.from_book(mha))(x), mha(x))
+
+
+# ---- opening models ----
+
+def test_each_kind_of_checkpoint_opens_with_its_tokenizer_and_prompt_style(tmp_path):
+    lm, instruct, classifier = save_tiny_checkpoints(tmp_path)
+    kinds = {path.name: open_checkpoint(path, "cpu") for path in (lm, instruct, classifier)}
+    assert {name: loaded.kind for name, loaded in kinds.items()} == {
+        "tiny-lm.pth": "lm", "tiny-instruct.pth": "instruct", "tiny-classifier.pth": "classifier"}
+    assert kinds["tiny-lm.pth"].tokenizer.encode("fox") == TOKENIZER.encode("fox")
+    assert kinds["tiny-classifier.pth"].model.out_head.out_features == 2
+
+
+# ---- the handlers ----
+
+def test_models_lists_the_checkpoints_and_describes_the_open_one(client):
+    data = client.get("/api/models").get_json()
+    assert data["models"] == ["tiny-lm.pth", "tiny-instruct.pth", "tiny-classifier.pth", "broken.pth"]
+    current = data["current"]
+    assert current["kind"] == "lm" and current["tokenizer"] == "character"
+    assert current["vocab_size"] == TOKENIZER.n_vocab and current["context_length"] == 16
+    assert current["parameters"] == sum(p.numel() for p in tiny_model().parameters())
+    page = client.get("/")
+    assert page.status_code == 200 and b"LLM playground" in page.data
+    assert client.get("/static/app.js").status_code == 200
+
+
+def test_generate_streams_generates_tokens_with_their_candidates(client):
+    SEED = 2  # six tokens before any <|endoftext|>
+    response = client.post("/api/generate", json={"prompt": "Every", "temperature": 1.2, "top_k": 4,
+                                                  "max_new_tokens": 6, "seed": SEED})
+    assert response.mimetype == "application/x-ndjson"
+    stream = events(response)
+    assert stream[0] == {"type": "start", "prompt": "Every", "prompt_tokens": 5}
+    tokens = [event for event in stream if event["type"] == "token"]
+    model = tiny_model()
+    torch.manual_seed(SEED)
+    expected = generate(model, torch.tensor([TOKENIZER.encode("Every")]), 6, 16, temperature=1.2, top_k=4,
+                        eos_id=TOKENIZER.eot_token)
+    assert [event["id"] for event in tokens] == expected[0, 5:].tolist()
+    assert "".join(event["text"] for event in tokens) == TOKENIZER.decode(expected[0, 5:].tolist())
+    for event in tokens:
+        chosen = next(c for c in event["candidates"] if c["id"] == event["id"])
+        assert chosen["after"] > 0 and chosen["rank"] <= 4  # drawn from the top 4
+        assert sum(c["after"] for c in event["candidates"]) == pytest.approx(1.0, abs=1e-5)
+        assert [c["rank"] for c in event["candidates"]][:3] == [1, 2, 3]
+    assert stream[-1]["type"] == "end" and stream[-1]["tokens"] == 6
+    assert stream[-1]["reason"] == "max_new_tokens"
+    assert not client.state.lock.locked()
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"temperature": -1}, "temperature must be from 0"),
+    ({"temperature": 11}, "temperature must be from 0"),
+    ({"temperature": "warm"}, "temperature must be a number, got 'warm'"),
+    ({"top_k": -3}, "top-k must be 0"),
+    ({"top_k": 2.5}, "top k must be a whole number"),
+    ({"max_new_tokens": 0}, "max new tokens must be from 1 to 1000"),
+    ({"prompt": "x" * 17}, "the prompt has 17 tokens but this model reads at most 16"),
+    ({"mode": "chat"}, "chat needs an instruction-tuned model"),
+])
+def test_bad_generation_requests_get_a_message(client, settings, message):
+    response = client.post("/api/generate", json={"prompt": "Every", **settings})
+    assert response.status_code == 400
+    assert message in response.get_json()["error"]
+    assert not client.state.lock.locked()
+
+
+def test_a_classifier_asked_to_generate_says_so_and_classifies(client):
+    info = client.post("/api/model", json={"name": "tiny-classifier.pth"}).get_json()
+    assert info["kind"] == "classifier"
+    response = client.post("/api/generate", json={"prompt": "Every"})
+    assert response.status_code == 400 and "cannot generate text" in response.get_json()["error"]
+
+    data = client.post("/api/classify", json={"text": "quick brown fox"}).get_json()
+    model = client.state.current.model
+    with torch.no_grad():
+        logits = model(torch.tensor([TOKENIZER.encode("quick brown fox")]))[0, -1]
+    probabilities = torch.softmax(logits, dim=-1).tolist()
+    assert data["probabilities"]["not spam"] == pytest.approx(probabilities[0])
+    assert data["probabilities"]["spam"] == pytest.approx(probabilities[1])
+    assert data["label"] == classify_review("quick brown fox", model, TOKENIZER, "cpu")
+    empty = client.post("/api/classify", json={"text": "  "})
+    assert empty.get_json()["error"] == "type a message to classify"
+
+
+def test_a_damaged_checkpoint_gets_a_message_and_the_server_goes_on(client):
+    response = client.post("/api/model", json={"name": "broken.pth"})
+    assert response.status_code == 400
+    assert "cannot open broken.pth" in response.get_json()["error"]
+    assert "damaged" in response.get_json()["error"]
+    assert client.get("/api/models").get_json()["error"].startswith("cannot open broken.pth")
+    assert "cannot open broken.pth" in client.post("/api/tokens", json={"prompt": "a"}).get_json()["error"]
+    assert client.post("/api/model", json={"name": "tiny-lm.pth"}).status_code == 200
+
+
+def test_chat_puts_the_message_into_the_alpaca_template(client):
+    client.post("/api/model", json={"name": "tiny-instruct.pth"})
+    stream = events(client.post("/api/generate", json={"prompt": "Be quick.", "mode": "chat",
+                                                        "temperature": 0, "max_new_tokens": 3}))
+    assert stream[0]["prompt"].startswith("Below is an instruction that describes a task.")
+    assert stream[0]["prompt"].endswith("### Instruction:\nBe quick.\n\n### Response:\n")
+    assert [event["type"] for event in stream] == ["start", "token", "token", "token", "end"]
+    ids = TOKENIZER.encode(stream[0]["prompt"])
+    expected = generate(client.state.current.model, torch.tensor([ids]), 3, 160, eos_id=TOKENIZER.eot_token)
+    assert [event["id"] for event in stream[1:4]] == expected[0, len(ids):].tolist()
+    tokens = client.post("/api/tokens", json={"prompt": "Be quick."}).get_json()
+    assert tokens["text"] == stream[0]["prompt"] and tokens["ids"] == TOKENIZER.encode(tokens["text"])
+
+
+def test_tokens_shows_each_token_with_its_id(client):
+    data = client.post("/api/tokens", json={"prompt": "fox!?"}).get_json()
+    assert data["ids"] == TOKENIZER.encode("fox!?") and data["ids"][-1] == TOKENIZER.unk_token
+    assert data["labels"] == ["f", "o", "x", "!", "<|unk|>"]
+    assert data["tokenizer"] == "character"
+
+
+def test_attention_handler_returns_the_chosen_layer_and_head(client):
+    data = client.post("/api/attention", json={"prompt": "fox", "layer": 1, "head": 0}).get_json()
+    expected = attention_weights(client.state.current.model, torch.tensor([TOKENIZER.encode("fox")]), 1)[0]
+    torch.testing.assert_close(torch.tensor(data["weights"]), expected, atol=1e-5, rtol=0)
+    assert data["labels"] == ["f", "o", "x"]
+    response = client.post("/api/attention", json={"prompt": "fox", "layer": 2, "head": 0})
+    assert response.status_code == 400 and "layers 0 to 1 and heads 0 to 1" in response.get_json()["error"]
+
+
+def test_a_second_request_while_one_runs_is_refused_and_the_stream_frees_the_model(client):
+    response = client.post("/api/generate", json={"prompt": "Every", "max_new_tokens": 50})
+    assert client.state.lock.locked()  # the stream has not been read yet
+    busy = client.post("/api/attention", json={"prompt": "fox"})
+    assert busy.status_code == 429 and "busy" in busy.get_json()["error"]
+    response.close()  # the page went away mid-stream
+    assert not client.state.lock.locked()
+    assert client.post("/api/attention", json={"prompt": "fox"}).status_code == 200
+
+
+def test_an_unexpected_error_is_a_message_not_a_dead_server(client, monkeypatch):
+    def fail(*args):
+        raise RuntimeError("out of memory")
+    monkeypatch.setattr(playground, "attention_weights", fail)
+    response = client.post("/api/attention", json={"prompt": "fox"})
+    assert response.status_code == 500 and "out of memory" in response.get_json()["error"]
+    assert not client.state.lock.locked()
+    assert client.get("/api/models").status_code == 200
+
+
+def test_a_missing_checkpoint_is_named_before_the_server_starts(tmp_path):
+    with pytest.raises(ScriptError, match="no checkpoint at .*missing.pth; check the path"):
+        playground.main(["--checkpoint", str(tmp_path / "missing.pth")])
