@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 import generate_text
 import own_text_data
@@ -19,7 +20,7 @@ import train_own_text
 from conftest import run_script
 from own_tokenizers import (GPT2_SPLIT_PATTERN, BPETokenizer, CharTokenizer, bytes_to_unicode, load_tokenizer,
                             save_tokenizer, tokenizer_from_dict, tokenizer_to_dict)
-from plumbing import DATA_DIR, REPO_DIR, ScriptError
+from plumbing import DATA_DIR, REPO_DIR, ScriptError, check_temperature, run_main
 from s_gpt_model import GPTModel
 from checkpoints import save_checkpoint
 
@@ -216,6 +217,33 @@ def test_read_text_joins_a_folder_and_rejects_non_utf8(tmp_path):
         own_text_data.read_text(tmp_path / "missing")
 
 
+def test_a_byte_order_mark_is_not_a_training_character(tmp_path):
+    (tmp_path / "bom.txt").write_bytes("\ufeffHello".encode("utf-8"))  # Windows' Notepad writes these
+    (tmp_path / "plain.txt").write_text("World \ufeff inside", encoding="utf-8")  # not at the start: text
+    assert own_text_data.read_text(tmp_path / "bom.txt") == "Hello"
+    assert own_text_data.read_text(tmp_path) == "Hello<|endoftext|>World \ufeff inside"
+    assert "\ufeff" not in CharTokenizer.from_text(own_text_data.read_text(tmp_path / "bom.txt")).chars
+
+
+def test_own_tokenizers_cli_reads_folders_and_names_bad_files(tmp_path, capsys):
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text(STORY, encoding="utf-8")
+    (tmp_path / "texts" / "b.txt").write_text(STORY[::-1], encoding="utf-8")
+    save = tmp_path / "bpe.json"
+    own_tokenizers.main([str(tmp_path / "texts"), "--merges", "20", "--save", str(save)])
+    out = capsys.readouterr().out
+    assert "Learned 20 merges" in out and "round trip exact: True" in out  # across <|endoftext|> too
+    assert len(load_tokenizer(save).merges) == 20
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ScriptError, match=r"the folder .*empty holds no \.txt files"):
+        own_tokenizers.main([str(tmp_path / "empty")])
+    (tmp_path / "latin1.txt").write_bytes("caf\u00e9".encode("latin-1"))
+    with pytest.raises(ScriptError, match=r"latin1\.txt is not UTF-8 text \(unexpected end of data at "
+                                          r"byte 3\); convert it to UTF-8"):
+        own_tokenizers.main([str(tmp_path / "latin1.txt"), "--save", str(tmp_path / "not-written.json")])
+    assert not (tmp_path / "not-written.json").exists()
+
+
 def test_named_datasets_download_through_the_helper(tmp_path, local_server, monkeypatch):
     monkeypatch.setattr(own_text_data, "DATA_DIR", tmp_path)
     sha = lambda text: hashlib.sha256(text.encode("utf-8")).hexdigest()  # noqa: E731
@@ -344,6 +372,91 @@ def test_damaged_checkpoints_give_clear_errors(story_file, tmp_path):
         train_own_text.main(tiny_run_args(story_file, path))
 
 
+def test_a_second_run_on_the_same_checkpoint_stops_at_once(story_file, tmp_path):
+    path = tmp_path / "shared.pth"
+    other_runs_temp = tmp_path / "shared.pth.4242.part"  # what a first run is writing right now
+    other_runs_temp.write_bytes(b"half of a checkpoint")
+    first_run = FileLock(str(path) + ".lock")
+    with first_run:
+        # flock() excludes another open file of this process as it excludes another process
+        with pytest.raises(SystemExit) as refused:
+            run_main(lambda: train_own_text.main(tiny_run_args(story_file, path)))
+        assert str(refused.value).splitlines()[0] == (
+            f"error: another train_own_text.py run is using {path} (it holds {path}.lock); wait for it to "
+            "finish, or give this run another --checkpoint")
+        with pytest.raises(ScriptError, match="another train_own_text.py run is using"):
+            train_own_text.main(tiny_run_args(story_file, path, "--overwrite"))
+        # The refused runs touched nothing: the first run's temporary file is still there.
+        assert other_runs_temp.read_bytes() == b"half of a checkpoint"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.pth.4242.part", "shared.pth.lock",
+                                                              "story.txt"]
+    # With the lock free, a run owns the path, and the file of the run that died is stale: removed.
+    train_own_text.main(tiny_run_args(story_file, path, "--epochs", "1"))
+    assert not other_runs_temp.exists() and final_run(path)[0]["global_step"] == 4
+
+
+def test_an_unwritable_checkpoint_folder_stops_before_training(story_file, tmp_path, monkeypatch):
+    trained = []
+    monkeypatch.setattr(train_own_text, "calc_loss_batch", lambda *args: trained.append(1))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder", encoding="utf-8")
+    with pytest.raises(ScriptError, match=r"cannot create the folder .*a-file.*"):
+        train_own_text.main(tiny_run_args(story_file, blocker / "run.pth"))
+    assert blocker.read_text(encoding="utf-8") == "not a folder"
+    if os.name == "posix" and os.geteuid() != 0:  # root writes into read-only folders anyway
+        locked = tmp_path / "read-only"
+        locked.mkdir(mode=0o555)
+        with pytest.raises(ScriptError, match=r"cannot write to .*read-only"):
+            train_own_text.main(tiny_run_args(story_file, locked / "run.pth"))
+        assert list(locked.iterdir()) == []
+    assert trained == []  # found before the first step, not after the run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"] + (
+        ["read-only"] if (tmp_path / "read-only").exists() else []) + ["story.txt"]
+
+
+@pytest.mark.parametrize("error, failing_save", [
+    (OSError(28, "No space left on device"), 2),
+    (RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 3904 vs 3792"), 1)])
+def test_a_failed_save_is_one_line_and_keeps_the_previous_checkpoint(story_file, tmp_path, monkeypatch,
+                                                                     uninterrupted, error, failing_save):
+    path = tmp_path / "full-disk.pth"
+    real_save, saves = torch.save, []
+
+    def full_disk(obj, file, *args, **kwargs):
+        saves.append(file)
+        if len(saves) == failing_save:
+            Path(file).write_bytes(b"the first bytes")  # what a full disk leaves of the write
+            raise error
+        return real_save(obj, file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    reason = "No space left on device" if isinstance(error, OSError) else "unexpected pos 3904 vs 3792"
+    with pytest.raises(ScriptError) as refused:
+        train_own_text.main(tiny_run_args(story_file, path))
+    message = str(refused.value)
+    assert "\n" not in message and f"could not write {path}" in message and reason in message
+    assert not list(tmp_path.glob("full-disk.pth.*.part"))
+    monkeypatch.setattr(torch, "save", real_save)
+    if failing_save == 1:
+        assert not path.exists() and "unchanged" not in message
+        return
+    assert "the earlier file there is unchanged" in message
+    assert f"(it holds step 2: continue with python train_own_text.py --resume --checkpoint {path})" \
+        in message
+    assert final_run(path)[0]["global_step"] == 2  # the checkpoint of step 2, whole
+    train_own_text.main(["--resume", "--checkpoint", str(path), "--device", "cpu"])
+    assert_same_run(final_run(path), uninterrupted)
+
+
+def test_resume_without_a_checkpoint_says_how_to_start_one(tmp_path):
+    path = tmp_path / "runs" / "missing.pth"
+    with pytest.raises(ScriptError) as missing:
+        train_own_text.main(["--resume", "--checkpoint", str(path)])
+    assert str(missing.value) == (f"there is no checkpoint at {path}; python train_own_text.py without "
+                                  "--resume starts a run that writes it (or check the path)")
+    assert not (tmp_path / "runs").exists()  # no folder, no lock file made for nothing
+
+
 def test_too_short_text_is_a_clear_error(tmp_path):
     short = tmp_path / "short.txt"
     short.write_text("Only a few words here.", encoding="utf-8")
@@ -412,6 +525,29 @@ def test_generate_is_seeded_and_reads_gpt2_checkpoints(tmp_path, capsys, gpt2_to
     out = capsys.readouterr().out
     assert out.startswith("Below is an instruction that describes a task.")
     assert "### Instruction:\nName a colour.\n\n### Response:\n" in out
+
+
+def test_temperature_must_be_zero_or_finite_and_positive(tmp_path, capsys):
+    assert [check_temperature(text) for text in ("0", "0.8", "1e-6", "2")] == [0.0, 0.8, 1e-6, 2.0]
+    torch.manual_seed(0)
+    cfg = {"vocab_size": 50257, "context_length": 16, "emb_dim": 8, "n_heads": 2, "n_layers": 1,
+           "drop_rate": 0.0, "qkv_bias": False}
+    path = save_checkpoint(tmp_path / "model.pth", GPTModel(cfg), cfg)
+    for text in ("inf", "-inf", "nan", "1e-40", "-0.5", "warm"):
+        with pytest.raises(SystemExit):
+            generate_text.main(["Hi", "--checkpoint", str(path), f"--temperature={text}"])
+        captured = capsys.readouterr()
+        assert captured.out == ""  # refused before anything is generated
+        assert captured.err.splitlines()[-1].endswith(
+            f": error: argument --temperature: {text} is not a temperature that can be "
+            "computed with: give 0 (always the most likely token) or a finite number of at least 1e-06, "
+            "such as 0.8")
+    outs = []
+    for seed in ("1", "2"):  # 0 is greedy: the seed changes nothing
+        generate_text.main(["Hi", "--checkpoint", str(path), "--temperature", "0", "--max-new-tokens", "4",
+                            "--seed", seed])
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] and len(outs[0]) > len("Hi\n")
 
 
 def test_classifier_checkpoint_cannot_generate(tmp_path):
