@@ -2,12 +2,11 @@
 real two-process DistributedDataParallel run on the CPU with gloo."""
 
 import math
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from conftest import run_ranks
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
@@ -40,7 +39,8 @@ def test_autograd_matches_the_book_numbers():
 
 def test_network_size_and_seeded_outputs_match_the_book():
     model = y_nn.NeuralNetwork(50, 3)
-    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 2213  # 50*30+30 + 30*20+20 + 20*3+3
+    # 50*30+30 + 30*20+20 + 20*3+3
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 2213
     assert y_nn.NeuralNetwork(2, 2).layers[-1].out_features == 2
     torch.manual_seed(123)
     model = y_nn.NeuralNetwork(50, 3)
@@ -101,20 +101,11 @@ def test_ddp_without_torchrun_says_how_to_start_it(monkeypatch):
         y_nn.ddp_setup()
 
 
-def ddp_worker(rank, world_size, port, results_dir):
-    """One rank, started by torch.multiprocessing the way torchrun would start it."""
-    import os
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def ddp_worker(rank, world_size, results_dir):
+    """One rank, started the way torchrun would start it (conftest.run_ranks)."""
     model, train_acc, test_acc = y_nn.ddp_train(num_epochs=3, device_name="cpu")
     torch.save({"state_dict": model.state_dict(), "accuracies": (train_acc, test_acc)},
                f"{results_dir}/rank{rank}.pt")
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def single_process_reference(world_size=2, num_epochs=3):
@@ -138,11 +129,9 @@ def single_process_reference(world_size=2, num_epochs=3):
     return model.state_dict()
 
 
-def test_two_process_ddp_on_cpu_agrees_across_ranks(tmp_path, monkeypatch):
+def test_two_process_ddp_on_cpu_agrees_across_ranks(tmp_path):
     outputs_dir = tmp_path / "outputs"
-    monkeypatch.setenv("LLM_OUTPUTS_DIR", str(outputs_dir))  # read by the spawned ranks
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    mp.spawn(ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    run_ranks(ddp_worker, str(tmp_path), env={"LLM_OUTPUTS_DIR": str(outputs_dir)})
 
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)

@@ -4,7 +4,7 @@ MultiHeadAttention, and KV-cache generation against the uncached loop."""
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
+from conftest import TOKEN_CFG
 
 import checkpoints
 import u_pretraining as u
@@ -21,41 +21,6 @@ from m_efficient_multi_head_attention import MultiHeadAttention
 from p_layernorm_gelu_feedforward import GELU, FeedForward, LayerNorm
 from r_transformer_block import TransformerBlock
 from s_gpt_model import GPTModel
-
-TINY = {"vocab_size": 64, "context_length": 12, "emb_dim": 16, "n_heads": 2, "n_layers": 2,
-        "drop_rate": 0.0, "qkv_bias": True}
-# For comparing weights after training: the key bias's true gradient is 0 (softmax ignores a shift
-# that is the same for every key), so Adam would blow its rounding noise up to full-size steps.
-TINY_NO_QKV_BIAS = {**TINY, "qkv_bias": False}
-TRAIN_SETTINGS = {"learning_rate": 0.004, "weight_decay": 0.1}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices gain nothing from threads, and on a busy machine threads that wait for each
-    other make these tests many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class CharTokenizer:
-    """Enough of a tokenizer for train_model_simple's samples with a 64-token vocabulary."""
-
-    def encode(self, text, allowed_special=None):
-        return [ord(char) % TINY["vocab_size"] for char in text]
-
-    def decode(self, ids):
-        return "".join(chr(48 + i % 64) for i in ids)
-
-
-def token_dataset(num_windows=16, seed=7):
-    """Windows of random token ids with next-token targets, like GPTDatasetV1's."""
-    generator = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, TINY["vocab_size"], (num_windows, TINY["context_length"] + 1),
-                           generator=generator)
-    return TensorDataset(tokens[:, :-1], tokens[:, 1:])
 
 
 def copy_of_book_attention(qkv_bias):
@@ -101,9 +66,9 @@ def test_from_book_copies_weights_without_touching_the_random_numbers():
 
 def test_a_seed_gives_the_fast_model_the_books_weights_and_dropout_masks():
     torch.manual_seed(123)
-    book = GPTModel({**TINY, "drop_rate": 0.1})
+    book = GPTModel({**TOKEN_CFG, "drop_rate": 0.1})
     torch.manual_seed(123)
-    fast = GPTModel({**TINY, "drop_rate": 0.1, "attention": "fast"})
+    fast = GPTModel({**TOKEN_CFG, "drop_rate": 0.1, "attention": "fast"})
     fast_state = fast.state_dict()
     for name, tensor in book.state_dict().items():  # the book's creation order is unchanged
         if ".att.W_" not in name and not name.endswith(".mask"):
@@ -111,7 +76,7 @@ def test_a_seed_gives_the_fast_model_the_books_weights_and_dropout_masks():
     assert torch.equal(fast_state["trf_blocks.1.att.W_qkv.bias"][16:32], book.trf_blocks[1].att.W_key.bias)
 
     # In training mode the fused attention draws its dropout mask from the same random numbers.
-    idx = torch.randint(0, TINY["vocab_size"], (2, TINY["context_length"]))
+    idx = torch.randint(0, TOKEN_CFG["vocab_size"], (2, TOKEN_CFG["context_length"]))
     torch.manual_seed(9)
     book_logits = book(idx)
     torch.manual_seed(9)
@@ -120,24 +85,24 @@ def test_a_seed_gives_the_fast_model_the_books_weights_and_dropout_masks():
 
 def test_fast_model_loads_a_book_checkpoint_and_round_trips_its_own(tmp_path):
     torch.manual_seed(123)
-    book = GPTModel(TINY).eval()
-    fast = GPTModel({**TINY, "attention": "fast"}).eval()
+    book = GPTModel(TOKEN_CFG).eval()
+    fast = GPTModel({**TOKEN_CFG, "attention": "fast"}).eval()
     fast.load_state_dict(book.state_dict())  # strict: W_query/W_key/W_value become W_qkv
     idx = torch.tensor([[1, 5, 9, 2, 3]])
     assert torch.allclose(fast(idx), book(idx), atol=1e-5)
 
-    path = checkpoints.save_checkpoint(tmp_path / "fast.pth", fast, {**TINY, "attention": "fast"})
+    path = checkpoints.save_checkpoint(tmp_path / "fast.pth", fast, {**TOKEN_CFG, "attention": "fast"})
     reloaded, cfg = checkpoints.model_from_checkpoint(path)
     assert cfg["attention"] == "fast" and isinstance(reloaded.trf_blocks[0].att, FastMultiHeadAttention)
     assert torch.equal(reloaded(idx), fast(idx))
 
 
 def test_the_config_picks_the_attention_and_names_an_unknown_one():
-    assert isinstance(TransformerBlock(TINY).att, MultiHeadAttention)
-    assert isinstance(TransformerBlock({**TINY, "attention": "book"}).att, MultiHeadAttention)
-    assert isinstance(TransformerBlock({**TINY, "attention": "fast"}).att, FastMultiHeadAttention)
+    assert isinstance(TransformerBlock(TOKEN_CFG).att, MultiHeadAttention)
+    assert isinstance(TransformerBlock({**TOKEN_CFG, "attention": "book"}).att, MultiHeadAttention)
+    assert isinstance(TransformerBlock({**TOKEN_CFG, "attention": "fast"}).att, FastMultiHeadAttention)
     with pytest.raises(ValueError, match="unknown attention 'flash'.*'book', 'fast'"):
-        GPTModel({**TINY, "attention": "flash"})
+        GPTModel({**TOKEN_CFG, "attention": "flash"})
 
 
 def test_fast_attention_with_dropout_draws_the_books_mask_in_forward_and_backward():
@@ -173,7 +138,7 @@ def outputs_and_gradients(module, x):
 @pytest.mark.parametrize("make_book, make_fast", [
     (lambda: LayerNorm(16), lambda: FastLayerNorm(16)),
     (GELU, FastGELU),
-    (lambda: FeedForward(TINY), lambda: FastFeedForward(TINY)),
+    (lambda: FeedForward(TOKEN_CFG), lambda: FastFeedForward(TOKEN_CFG)),
 ])
 def test_fused_layers_match_the_books_values_and_gradients(make_book, make_fast):
     torch.manual_seed(123)
@@ -198,9 +163,9 @@ def test_fused_layers_match_the_books_values_and_gradients(make_book, make_fast)
 
 def test_fast_layers_keep_the_books_weights_and_checkpoints_load_both_ways(tmp_path):
     torch.manual_seed(123)
-    book = GPTModel(TINY).eval()
+    book = GPTModel(TOKEN_CFG).eval()
     torch.manual_seed(123)
-    fast = GPTModel({**TINY, "fast_layers": True}).eval()
+    fast = GPTModel({**TOKEN_CFG, "fast_layers": True}).eval()
     assert isinstance(fast.final_norm, FastLayerNorm) and isinstance(fast.trf_blocks[1].norm2, FastLayerNorm)
     assert isinstance(fast.trf_blocks[0].ff.layers[1], FastGELU) and type(book.final_norm) is LayerNorm
     for name, tensor in book.state_dict().items():
@@ -208,11 +173,11 @@ def test_fast_layers_keep_the_books_weights_and_checkpoints_load_both_ways(tmp_p
     idx = torch.tensor([[1, 5, 9, 2, 3]])
     assert torch.allclose(fast(idx), book(idx), atol=1e-5)
 
-    path = checkpoints.save_checkpoint(tmp_path / "fast.pth", fast, {**TINY, "fast_layers": True})
-    book_again = GPTModel(TINY).eval()
+    path = checkpoints.save_checkpoint(tmp_path / "fast.pth", fast, {**TOKEN_CFG, "fast_layers": True})
+    book_again = GPTModel(TOKEN_CFG).eval()
     book_again.load_state_dict(checkpoints.load_checkpoint(path)["model_state_dict"])  # strict
     assert torch.equal(book_again(idx), book(idx))
-    fast_cfg = {**TINY, "fast_layers": True, "attention": "fast"}
+    fast_cfg = {**TOKEN_CFG, "fast_layers": True, "attention": "fast"}
     both = GPTModel(fast_cfg).eval()
     both.load_state_dict(book.state_dict())
     assert torch.allclose(both(idx), book(idx), atol=1e-5)
@@ -223,8 +188,8 @@ def test_fast_layers_keep_the_books_weights_and_checkpoints_load_both_ways(tmp_p
 @pytest.mark.parametrize("attention", ["book", "fast"])
 def test_feeding_tokens_in_chunks_through_the_cache_gives_the_full_forward_logits(attention):
     torch.manual_seed(123)
-    model = GPTModel({**TINY, "attention": attention}).eval()
-    idx = torch.randint(0, TINY["vocab_size"], (2, 11))
+    model = GPTModel({**TOKEN_CFG, "attention": attention}).eval()
+    idx = torch.randint(0, TOKEN_CFG["vocab_size"], (2, 11))
     kv_cache = new_kv_cache(model, batch_size=2)
     keys_storage = kv_cache[0].keys.data_ptr()
     with torch.no_grad():
@@ -258,8 +223,8 @@ def test_kv_cache_refuses_to_overflow():
 ])
 def test_cached_generation_gives_the_uncached_ids(attention, prompt_len, max_new_tokens, context_size):
     torch.manual_seed(123)
-    model = GPTModel({**TINY, "attention": attention}).eval()
-    idx = torch.randint(0, TINY["vocab_size"], (2, prompt_len))
+    model = GPTModel({**TOKEN_CFG, "attention": attention}).eval()
+    idx = torch.randint(0, TOKEN_CFG["vocab_size"], (2, prompt_len))
     expected = u.generate(model, idx, max_new_tokens, context_size)
     assert expected.shape == (2, prompt_len + max_new_tokens)
     assert torch.equal(u.generate(model, idx, max_new_tokens, context_size, use_cache=True), expected)
@@ -267,8 +232,8 @@ def test_cached_generation_gives_the_uncached_ids(attention, prompt_len, max_new
 
 def test_cached_generation_samples_and_stops_like_the_uncached_one():
     torch.manual_seed(123)
-    model = GPTModel(TINY).eval()
-    idx = torch.randint(0, TINY["vocab_size"], (3, 4))
+    model = GPTModel(TOKEN_CFG).eval()
+    idx = torch.randint(0, TOKEN_CFG["vocab_size"], (3, 4))
     torch.manual_seed(1)
     sampled = u.generate(model, idx, 16, 12, temperature=1.5, top_k=10)
     torch.manual_seed(1)
@@ -283,8 +248,8 @@ def test_cached_generation_samples_and_stops_like_the_uncached_one():
 
 def test_cached_logits_past_the_models_context_raise_like_the_book():
     torch.manual_seed(123)
-    model = GPTModel(TINY).eval()
-    idx = torch.randint(0, TINY["vocab_size"], (1, 10))
+    model = GPTModel(TOKEN_CFG).eval()
+    idx = torch.randint(0, TOKEN_CFG["vocab_size"], (1, 10))
     for use_cache in (False, True):  # context_size 20 > context_length 12: the book crashes too
         with pytest.raises(ValueError, match="context_length is 12"):
             u.generate(model, idx, 5, context_size=20, use_cache=use_cache)

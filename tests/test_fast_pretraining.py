@@ -3,21 +3,23 @@ same seed, gradient accumulation equals the larger batch, and two-process DDP on
 process with the global batch."""
 
 import argparse
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
-import torch.multiprocessing as mp
-from test_fast_attention import TINY, TINY_NO_QKV_BIAS, TRAIN_SETTINGS, CharTokenizer, token_dataset
+from conftest import (
+    TOKEN_CFG,
+    TOKEN_CFG_NO_QKV_BIAS,
+    TRAIN_SETTINGS,
+    CharTokenizer,
+    run_ranks,
+    run_script,
+    token_dataset,
+)
 from torch.utils.data import DataLoader, DistributedSampler
 
 import checkpoints
 import fast_pretraining as fp
 import u_pretraining as u
-from conftest import REPO_DIR
 from fast_attention import FastMultiHeadAttention
 from y_neural_network_basics import ddp_setup
 
@@ -30,13 +32,13 @@ def train(cfg, fast=False, grad_accum_steps=1, batch_size=2, autocast_dtype=None
     model, train_model, optimizer = fp.build_training(cfg, TRAIN_SETTINGS, torch.device("cpu"), fast=fast)
     _, losses, tokens_seen = fp.train_model_fast(
         train_model, loader, eval_loader, optimizer, torch.device("cpu"), num_epochs=epochs, eval_freq=2,
-        eval_iter=2, start_context="ab", tokenizer=CharTokenizer(),
+        eval_iter=2, start_context="ab", tokenizer=CharTokenizer(TOKEN_CFG["vocab_size"]),
         grad_accum_steps=grad_accum_steps, autocast_dtype=autocast_dtype)
     return model, losses, tokens_seen
 
 
 def test_fast_training_follows_the_book_training_from_the_same_seed(capsys):
-    cfg = {**TINY, "drop_rate": 0.1}
+    cfg = {**TOKEN_CFG, "drop_rate": 0.1}
     book_model, book_losses, book_tokens = train(cfg)
     assert book_losses[-1] < book_losses[0] - 0.3  # it learns
     # The same seed gives the same weights and dropout masks, so only rounding differs: the fast
@@ -67,7 +69,7 @@ def test_dtype_flag_picks_the_autocast_dtype_and_keeps_float32_on_request():
 
 
 def test_gradient_accumulation_matches_the_larger_batch():
-    cfg = TINY_NO_QKV_BIAS
+    cfg = TOKEN_CFG_NO_QKV_BIAS
     model_big, losses_big, tokens_big = train(cfg, batch_size=4)
     model_accum, losses_accum, tokens_accum = train(cfg, batch_size=2, grad_accum_steps=2)
     assert tokens_accum == tokens_big and len(losses_accum) == len(losses_big)
@@ -83,32 +85,23 @@ def test_accumulation_groups_keep_every_batch():
 
 # ---- DDP on CPU ----
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def ddp_worker(rank, world_size, port, results_dir):
-    """One rank, started the way torchrun starts it."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
+def ddp_worker(rank, world_size, results_dir):
+    """One rank, started the way torchrun starts it (conftest.run_ranks)."""
     rank, world_size, device = ddp_setup("cpu")
     try:
         loader = fp.distributed_loader(DataLoader(token_dataset(), batch_size=2), rank, world_size)
-        model, train_model, optimizer = fp.build_training(TINY_NO_QKV_BIAS, TRAIN_SETTINGS, device, ddp=True)
+        model, train_model, optimizer = fp.build_training(TOKEN_CFG_NO_QKV_BIAS, TRAIN_SETTINGS, device,
+                                                          ddp=True)
         losses, _, _ = fp.train_model_fast(
             train_model, loader, loader, optimizer, device, num_epochs=2, eval_freq=2, eval_iter=1,
-            start_context="ab", tokenizer=CharTokenizer(), is_main_process=rank == 0)
+            start_context="ab", tokenizer=CharTokenizer(TOKEN_CFG["vocab_size"]), is_main_process=rank == 0)
         torch.save({"state_dict": model.state_dict(), "losses": losses}, f"{results_dir}/rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
 
 
-def test_two_process_ddp_on_cpu_matches_one_process_with_the_global_batch(tmp_path, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    mp.spawn(ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+def test_two_process_ddp_on_cpu_matches_one_process_with_the_global_batch(tmp_path):
+    run_ranks(ddp_worker, str(tmp_path))
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert len(rank0["losses"]) == 4 and rank1["losses"] == []  # only rank 0 evaluates and prints
@@ -117,7 +110,7 @@ def test_two_process_ddp_on_cpu_matches_one_process_with_the_global_batch(tmp_pa
 
     # One process, one optimizer step per global batch: rank 0's batch and rank 1's batch together.
     dataset = token_dataset()
-    model, _, optimizer = fp.build_training(TINY_NO_QKV_BIAS, TRAIN_SETTINGS, torch.device("cpu"))
+    model, _, optimizer = fp.build_training(TOKEN_CFG_NO_QKV_BIAS, TRAIN_SETTINGS, torch.device("cpu"))
     for epoch in range(2):
         shards = []
         for rank in range(2):
@@ -142,14 +135,9 @@ def test_fast_pretraining_under_torchrun_trains_on_two_cpu_processes(tmp_path):
     (data_dir / "the-verdict.txt").write_text(
         " ".join(f"Day {i}: the painter put down his brush and looked at the wall." for i in range(200)),
         encoding="utf-8")
-    env = dict(os.environ, LLM_DATA_DIR=str(data_dir), LLM_OUTPUTS_DIR=str(outputs_dir), OMP_NUM_THREADS="1",
-               PYTHONUNBUFFERED="1")
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(REPO_DIR / "fast_pretraining.py"), "--quick", "--epochs", "1", "--device", "cpu"],
-        cwd=REPO_DIR, env=env, capture_output=True, text=True, encoding="utf-8", timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
+    out = run_script("fast_pretraining.py", "--quick", "--epochs", "1", "--device", "cpu", data_dir=data_dir,
+                     outputs_dir=outputs_dir, nproc_per_node=2, timeout=120,
+                     env={"LLM_UNVERIFIED_DATA": "1"}).stdout  # the story stands in for the-verdict.txt
     assert out.count("2 processes (gloo); global batch 4; FastMultiHeadAttention") == 1  # rank 0 alone prints
     assert out.count("Ep 1 (Step 000000): Train loss") == 1
     quick_dir = outputs_dir / "quick"
