@@ -8,15 +8,15 @@ Not a chapter: u_pretraining.py is the first script to import it, so it imports 
 letters (s).
 """
 
-import os
 from pathlib import Path
 
 import torch
 
-from plumbing import ScriptError
+from plumbing import ScriptError, write_atomically
 from s_gpt_model import GPTModel
 
 MISSING_HINT = "python u_pretraining.py writes outputs/model_and_optimizer.pth"
+GPT2_VOCAB_SIZE = 50257  # the token ids of tiktoken's "gpt2" encoding, which chapters 5-7 feed
 
 _LOADABLE_TYPES = (type(None), bool, int, float, str, bytes, torch.Tensor, torch.dtype, torch.device,
                    torch.Size)
@@ -40,8 +40,7 @@ def _check_loadable(value, name):
 def save_checkpoint(path, model, cfg, optimizer=None, **extra):
     """Save {"model_state_dict", "config", ["optimizer_state_dict"], **extra} to `path`.
 
-    Written to a temporary file that is renamed into place, so an interrupted save never leaves a
-    half-written checkpoint behind. Returns the path."""
+    An interrupted or failed save never leaves a half-written checkpoint behind. Returns the path."""
     reserved = {"model_state_dict", "config", "optimizer_state_dict"} & set(extra)
     if reserved:
         raise ValueError(f"{sorted(reserved)[0]!r} is set by save_checkpoint itself; use another name")
@@ -53,16 +52,9 @@ def save_checkpoint(path, model, cfg, optimizer=None, **extra):
     for key, value in extra.items():
         _check_loadable(value, key)
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A name of our own rather than tempfile.mkstemp, whose files only their owner can read.
-    temp_path = path.with_name(f"{path.name}.{os.getpid()}.part")
-    try:
-        torch.save(checkpoint, temp_path)
-        os.replace(temp_path, path)
-    finally:
-        temp_path.unlink(missing_ok=True)
-    return path
+    # Written to a temporary file that is renamed into place: a failed save (full disk) keeps the
+    # previous checkpoint and says so in one line.
+    return write_atomically(path, lambda temp_path: torch.save(checkpoint, temp_path))
 
 
 def load_checkpoint(path, device="cpu", hint=MISSING_HINT):
@@ -82,19 +74,58 @@ def load_checkpoint(path, device="cpu", hint=MISSING_HINT):
     return checkpoint
 
 
-def model_from_checkpoint(path, device="cpu"):
+def describe_mismatch(expected, given):
+    """What differs between the state dict a model expects and the one a file holds: missing and
+    unexpected keys, and shapes, a few of each with their counts."""
+    def some(names):
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    missing = [key for key in expected if key not in given]
+    unexpected = [key for key in given if key not in expected]
+    shapes = [f"{key} is {tuple(given[key].shape)} in the file, {tuple(value.shape)} in the model"
+              for key, value in expected.items() if key in given and given[key].shape != value.shape]
+    problems = ([f"missing {len(missing)} key(s): {some(missing)}"] if missing else []) + \
+               ([f"unexpected {len(unexpected)} key(s): {some(unexpected)}"] if unexpected else []) + \
+               ([f"{len(shapes)} shape(s) differ: {some(shapes)}"] if shapes else [])
+    return "; ".join(problems) or "the keys and shapes agree"
+
+
+def check_gpt2_tokenizer(checkpoint, path):
+    """Refuse a checkpoint whose model reads other token ids than GPT-2's (a train_own_text.py model
+    with its char or BPE tokenizer): chapters 6 and 7 and appendix E feed it GPT-2's."""
+    tokenizer = checkpoint.get("tokenizer")  # what train_own_text.py records; u's files have none
+    kind = "gpt2" if tokenizer is None else \
+        tokenizer.get("kind") if isinstance(tokenizer, dict) else "unknown"
+    vocab_size = checkpoint["config"].get("vocab_size")
+    if kind != "gpt2" or not isinstance(vocab_size, int) or vocab_size < GPT2_VOCAB_SIZE:
+        raise ScriptError(
+            f"{path} holds a model with a {kind} tokenizer and {vocab_size} token ids, but this script "
+            f"feeds it GPT-2's {GPT2_VOCAB_SIZE:,} token ids; start from a checkpoint trained with GPT-2's "
+            "tokenizer (outputs/model_and_optimizer.pth from u_pretraining.py, or train_own_text.py "
+            "--tokenizer gpt2), or from OpenAI's GPT-2 (leave out --init-from)")
+
+
+def model_from_checkpoint(path, device="cpu", gpt2_tokenizer=False):
     """Rebuild the GPTModel saved in `path` from the config stored beside its weights.
-    Returns (model, cfg) with the model on `device` in eval mode."""
+    Returns (model, cfg) with the model on `device` in eval mode. With gpt2_tokenizer=True the
+    checkpoint must be one that reads GPT-2's token ids."""
     checkpoint = load_checkpoint(path, device)
     cfg = checkpoint.get("config")
     if not isinstance(cfg, dict):
         raise ScriptError(f"{path} holds no model config; it was not written by save_checkpoint")
-    model = GPTModel(cfg)
+    if gpt2_tokenizer:
+        check_gpt2_tokenizer(checkpoint, path)
+    try:
+        model = GPTModel(cfg)
+    except (KeyError, TypeError, ValueError, AssertionError) as error:
+        raise ScriptError(f"the config in {path} does not describe a GPTModel ({type(error).__name__}: "
+                          f"{error}); it was not written by save_checkpoint") from error
     try:
         model.load_state_dict(checkpoint["model_state_dict"])
     except RuntimeError as error:
-        raise ScriptError(f"the weights in {path} do not fit a GPTModel built from its config: "
-                          f"{str(error).splitlines()[0]}") from error
+        detail = describe_mismatch(model.state_dict(), checkpoint["model_state_dict"])
+        raise ScriptError(f"the weights in {path} do not fit a GPTModel built from its config: {detail}") \
+            from error
     model.to(device)
     model.eval()
     return model, cfg

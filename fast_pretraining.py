@@ -25,8 +25,8 @@ import torch.distributed as dist
 
 from checkpoints import save_checkpoint
 from d_tokenizer import get_gpt2_tokenizer
-from plumbing import (ScriptError, add_device_arg, add_quick_and_epochs_args, book_or_quick, get_device,
-                      output_path, positive_int, run_main)
+from plumbing import (ScriptError, add_device_arg, add_quick_and_epochs_args, book_or_quick, ensure_writable,
+                      get_device, output_path, outputs_folder, positive_int, run_main)
 from s_gpt_model import GPTModel
 from t_pretraining_basics import START_CONTEXT
 from u_pretraining import (GPT_CONFIG_124M, QUICK_CONFIG, QUICK_SETTINGS, SEED, TRAIN_SETTINGS,
@@ -240,6 +240,7 @@ def pretrain(args, rank, world_size, device):
     cfg = QUICK_CONFIG if args.quick else GPT_CONFIG_124M
     cfg = cfg if args.book_model else fast_config(cfg)
     settings = book_or_quick(args, TRAIN_SETTINGS, QUICK_SETTINGS)
+    ensure_writable(outputs_folder(args.quick))  # before the training, not after it
     train_kwargs, used = setup_fast_paths(args, device)
     tokenizer = get_gpt2_tokenizer()
     torch.manual_seed(SEED)

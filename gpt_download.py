@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from plumbing import DATA_DIR, DownloadError, ScriptError, download_file, run_main
+from plumbing import DATA_DIR, DownloadError, ScriptError, download_files, run_main
 
 GPT2_MODEL_SIZES = ("124M", "355M", "774M", "1558M")
 
@@ -21,6 +21,13 @@ GPT2_FILES = ("checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-000
               "model.ckpt.index", "model.ckpt.meta", "vocab.bpe")
 GPT2_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
 GPT2_BACKUP_URL = "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2"  # the book's mirror
+# (bytes, sha256) of the files whose published bytes are known: the tokenizer files, the same for
+# every size, whose hashes tiktoken pins too. The others are checked by their structure.
+GPT2_PINNED = {
+    "encoder.json": (1_042_301, "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
+    "vocab.bpe": (456_318, "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
+}
+TF_DATA_FILE, TF_INDEX_FILE = "model.ckpt.data-00000-of-00001", "model.ckpt.index"
 
 # The same weights as safetensors files on the Hugging Face Hub: no TensorFlow needed to read them.
 HF_FILES = ("config.json", "model.safetensors")
@@ -47,22 +54,128 @@ def download_and_load_gpt2(model_size, models_dir=None, source="tf"):
         files, url, backup = GPT2_FILES, f"{GPT2_URL}/{model_size}", f"{GPT2_BACKUP_URL}/{model_size}"
     else:
         files, url, backup = HF_FILES, f"{HF_URL}/{HF_REPOS[model_size]}/resolve/main", None
-    for name in files:
-        try:
-            download_file(f"{url}/{name}", model_dir / name, backup_url=f"{backup}/{name}" if backup else None)
-        except DownloadError as error:
-            raise DownloadError(f"{error}\nGPT-2 {model_size} ({source}) needs all of these files in "
-                                f"{model_dir}: {', '.join(files)}, from {url}/<file>") from error
+    downloads = []
+    # The index before the data file, so that the data file is checked against the index it needs.
+    for name in sorted(files, key=lambda name: name == TF_DATA_FILE):
+        size, sha256 = GPT2_PINNED.get(name, (None, None))
+        check = {TF_INDEX_FILE: tf_index_data_size, "model.safetensors": check_safetensors_size,
+                 TF_DATA_FILE: lambda path: check_tf_data_file(path, model_dir / TF_INDEX_FILE)}.get(name)
+        downloads.append(dict(url=f"{url}/{name}", destination=model_dir / name, expected_size=size,
+                              expected_sha256=sha256, validate=check,
+                              backup_url=f"{backup}/{name}" if backup else None))
+    try:
+        download_files(downloads)
+    except DownloadError as error:
+        raise DownloadError(f"{error}\nGPT-2 {model_size} ({source}) needs all of these files in "
+                            f"{model_dir}: {', '.join(files)}, from {url}/<file>") from error
     if source == "safetensors":
         return load_gpt2_params_from_safetensors(model_dir)
 
     settings = _read_json(model_dir / "hparams.json")
+    _check_keys(settings, ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer"), model_dir / "hparams.json")
     tf = _import_tensorflow()
     ckpt_path = tf.train.latest_checkpoint(str(model_dir))  # "checkpoint" names the model.ckpt files
     if ckpt_path is None:
         raise ScriptError(f"{model_dir / 'checkpoint'} does not name a readable checkpoint; "
                           f"delete {model_dir} and download it again")
     return settings, load_gpt2_params_from_tf_ckpt(ckpt_path, settings)
+
+
+def check_safetensors_size(path):
+    """A safetensors file is an 8-byte header length, a JSON header, then the tensors' bytes, whose
+    offsets the header lists: the last offset must end the file."""
+    size = Path(path).stat().st_size
+    with open(path, "rb") as file:
+        header_size = int.from_bytes(file.read(8), "little")
+        if size < 8 or header_size > size - 8:
+            raise ValueError(f"its header says {header_size} bytes, but the file has only {size}")
+        try:
+            header = json.loads(file.read(header_size))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"),
+                      default=0)
+        except (ValueError, KeyError, TypeError, IndexError) as error:
+            raise ValueError(f"its header is not a safetensors header ({error})") from None
+    if 8 + header_size + end != size:
+        raise ValueError(f"its header describes {8 + header_size + end} bytes, but the file has {size}")
+
+
+# ---- the structure of a TensorFlow checkpoint index, to catch a truncated data file ----
+
+TABLE_MAGIC = (0xDB4775248B80FB57).to_bytes(8, "little")  # the last 8 bytes of a LevelDB-style table
+
+
+def _varint(data, pos):
+    """A protobuf / LevelDB base-128 varint at data[pos:] -> (value, position after it)."""
+    value = shift = 0
+    while True:
+        if pos >= len(data):
+            raise ValueError("a number runs past the end of the index")
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if byte < 0x80:
+            return value, pos
+
+
+def _table_block(data, handle):
+    """The entries (key, value) of the block of table `data` that `handle` (offset, size) points at."""
+    offset, pos = _varint(handle, 0)
+    size, _ = _varint(handle, pos)
+    if offset + size + 5 > len(data) or data[offset + size] != 0:  # 5: compression type and crc32c
+        raise ValueError("a block lies outside the index or is compressed")
+    block = data[offset:offset + size]
+    end = size - 4 * (int.from_bytes(block[-4:], "little") + 1)  # the restart points close the block
+    entries, key, pos = [], b"", 0
+    while pos < end:
+        shared, pos = _varint(block, pos)
+        unshared, pos = _varint(block, pos)
+        value_size, pos = _varint(block, pos)
+        key = key[:shared] + block[pos:pos + unshared]
+        pos += unshared
+        entries.append((key, block[pos:pos + value_size]))
+        pos += value_size
+    return entries
+
+
+def _bundle_entry_end(entry):
+    """Where a tensor of a BundleEntryProto ends in the data file: offset (field 4) + size (field 5)."""
+    fields, pos = {}, 0
+    while pos < len(entry):
+        tag, pos = _varint(entry, pos)
+        wire_type = tag & 7
+        if wire_type == 0:
+            fields[tag >> 3], pos = _varint(entry, pos)
+        elif wire_type == 2:
+            length, pos = _varint(entry, pos)
+            pos += length
+        else:  # fixed32 (the crc32c) or fixed64
+            pos += 4 if wire_type == 5 else 8
+    return fields.get(4, 0) + fields.get(5, 0)
+
+
+def tf_index_data_size(index_path):
+    """The size in bytes of the data file that a TensorFlow checkpoint index (model.ckpt.index)
+    describes: the end of its last tensor. Raises ValueError for a damaged or incomplete index."""
+    data = Path(index_path).read_bytes()
+    if len(data) < 48 or data[-8:] != TABLE_MAGIC:
+        raise ValueError("it does not end like a TensorFlow checkpoint index")
+    footer = data[-48:]  # the handles of the metaindex block and of the index block, then the magic
+    _, pos = _varint(footer, 0)
+    _, pos = _varint(footer, pos)
+    ends = [_bundle_entry_end(value)
+            for _, handle in _table_block(data, footer[pos:])
+            for key, value in _table_block(data, handle) if key]  # the empty key is the bundle's header
+    return max(ends, default=0)
+
+
+def check_tf_data_file(data_path, index_path):
+    """Raise ValueError unless model.ckpt.data-00000-of-00001 has the size its index gives."""
+    if not Path(index_path).is_file():
+        return  # the index is missing too; it is checked, and this file again, once it is there
+    expected = tf_index_data_size(index_path)
+    size = Path(data_path).stat().st_size
+    if size != expected:
+        raise ValueError(f"it has {size} bytes, but {Path(index_path).name} describes {expected}")
 
 
 def _import_tensorflow():
@@ -92,9 +205,10 @@ def load_gpt2_params_from_tf_ckpt(ckpt_path, settings):
         _check_variable_names(names, settings, ckpt_path)
         for name in names:
             _add_param(params, name, reader.get_tensor(name))
-    except tf.errors.OpError as error:
-        raise ScriptError(f"could not read the TensorFlow checkpoint {ckpt_path} ({error.message}); "
-                          f"delete its folder and download it again") from error
+    except (tf.errors.OpError, IndexError) as error:  # IndexError: "Read less bytes than requested"
+        raise ScriptError(f"could not read the TensorFlow checkpoint {ckpt_path} "
+                          f"({getattr(error, 'message', error)}): {TF_DATA_FILE} or {TF_INDEX_FILE} is "
+                          "damaged or incomplete; delete its folder and download it again") from error
     return params
 
 
@@ -105,6 +219,8 @@ def load_gpt2_params_from_safetensors(model_dir):
 
     model_dir = Path(model_dir)
     config = _read_json(model_dir / "config.json")
+    _check_keys(config, ("vocab_size", "n_embd", "n_head", "n_layer",
+                         "n_positions" if "n_ctx" not in config else "n_ctx"), model_dir / "config.json")
     settings = {"n_vocab": config["vocab_size"], "n_ctx": config.get("n_positions", config.get("n_ctx")),
                 "n_embd": config["n_embd"], "n_head": config["n_head"], "n_layer": config["n_layer"]}
     params = {"blocks": [{} for _ in range(settings["n_layer"])]}
@@ -176,6 +292,14 @@ def _add_param(params, name, array):
     else:
         array = np.require(array, requirements="CW")  # writable, so the model can train it in place
     target[parts[-1]] = array
+
+
+def _check_keys(settings, keys, path):
+    """GPT-2's settings file must hold the model's sizes; a damaged or foreign one fails here, by name."""
+    missing = [key for key in keys if not isinstance(settings, dict) or key not in settings]
+    if missing:
+        raise ScriptError(f"{path} lacks {', '.join(missing)}: it is damaged or not GPT-2's; delete it "
+                          "and download it again")
 
 
 def _read_json(path):

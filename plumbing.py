@@ -5,11 +5,17 @@ helper, safe zip extraction and saving a figure.
 Every lettered script imports what it needs from here; this module imports no chapter.
 """
 
+import contextlib
+import glob
 import hashlib
 import http.client
+import json
 import os
+import secrets
+import signal
 import sys
 import tempfile
+import threading
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -42,12 +48,65 @@ def run_main(main):
         sys.exit("interrupted")
 
 
+def outputs_folder(quick=False):
+    """Where a run's files go: outputs/, or outputs/quick/ for a --quick run, so that a quick run
+    never replaces what a full run produced."""
+    return OUTPUTS_DIR / "quick" if quick else OUTPUTS_DIR
+
+
+def _make_folder(folder):
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ScriptError(f"cannot create the folder {folder} ({error.strerror or error}); choose another "
+                          "place, e.g. with LLM_OUTPUTS_DIR=/path/to/folder") from error
+
+
 def output_path(name, quick=False):
-    """Path of a file a run produces, with outputs/ created on first use. A --quick run's files go
-    to outputs/quick/, so that they never replace what a full run produced."""
-    folder = OUTPUTS_DIR / "quick" if quick else OUTPUTS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
+    """Path of a file a run produces, with its folder (outputs_folder(quick)) created on first use."""
+    folder = outputs_folder(quick)
+    _make_folder(folder)
     return folder / name
+
+
+def ensure_writable(folder):
+    """Stop before any training, not after it, when `folder` cannot be created or written to
+    (read-only, under a regular file, no permission). Returns the folder."""
+    folder = Path(folder)
+    _make_folder(folder)
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ScriptError(f"cannot write to {folder} ({error.strerror or error}), where this run saves its "
+                          "results; make it writable or choose another place with "
+                          "LLM_OUTPUTS_DIR=/path/to/folder") from error
+    return folder
+
+
+def write_atomically(path, write):
+    """Call write(temporary_path), then rename the temporary file to `path`: a failed or interrupted
+    write leaves the file that was at `path` as it was and nothing half-written beside it. A write
+    error (full disk, read-only folder; torch.save reports a full disk as a RuntimeError from its
+    inline_container) becomes one ScriptError naming the path. Returns the path."""
+    path = Path(path)
+    _make_folder(path.parent)
+    # A name with the process id, not tempfile.mkstemp's, whose files only their owner can read.
+    temp_path = path.with_name(f"{path.name}.{os.getpid()}.part")
+    try:
+        write(temp_path)
+        os.replace(temp_path, path)
+    except (OSError, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and "inline_container" not in str(error):
+            raise
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else \
+            str(error).strip().splitlines()[-1]
+        kept = "; the earlier file there is unchanged" if path.exists() else ""
+        raise ScriptError(f"could not write {path} ({reason}){kept}. Free some disk space or make the "
+                          "folder writable (LLM_OUTPUTS_DIR moves outputs/), then run again") from error
+    finally:
+        temp_path.unlink(missing_ok=True)
+    return path
 
 
 def get_device(name=None):
@@ -58,6 +117,8 @@ def get_device(name=None):
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
+            print("note: on Apple's MPS GPU the losses differ from the book's; --device cpu reproduces "
+                  "the book's numbers")
             return torch.device("mps")
         return torch.device("cpu")
     try:
@@ -80,57 +141,205 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def _fetch(url, destination, expected_sha256, expected_size, timeout):
-    """Download one URL to a temporary file beside `destination`, check it, rename it into place.
-    Any failure removes the temporary file, so nothing half-written is ever left behind."""
+# ---- downloads ----
+
+def check_structure(path):
+    """Raise ValueError when a file of a structured kind (by its suffix) is incomplete: a JSON file
+    must parse, a zip must open and list intact members. A transfer that stops early without a
+    Content-Length fails here."""
+    path = Path(path)
+    if path.suffix == ".json":
+        try:
+            json.loads(path.read_bytes())
+        except ValueError as error:
+            raise ValueError(f"not valid JSON: {error}") from None
+    elif path.suffix == ".zip":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if not archive.namelist() or archive.testzip() is not None:
+                    raise ValueError("the zip archive is empty or has a damaged member")
+        except (zipfile.BadZipFile, EOFError) as error:
+            raise ValueError(f"not a complete zip archive: {error}") from None
+
+
+def _check_file(path, expected_sha256, expected_size, validate):
+    """The first way in which the file at `path` is not the expected one, or None."""
+    size = path.stat().st_size
+    if expected_size is not None and size != expected_size:
+        return f"it has {size} bytes, expected {expected_size}"
+    if expected_sha256 is not None:
+        return None if file_sha256(path) == expected_sha256 else \
+            "its SHA-256 checksum does not match the published one"
+    try:
+        (validate or check_structure)(path)
+    except ValueError as error:
+        return f"it is incomplete or damaged: {error}"
+    return None
+
+
+def _process_alive(pid):
+    """Whether process `pid` runs (POSIX). Elsewhere False: there, an open file cannot be deleted."""
+    if os.name != "posix" or pid == os.getpid():  # our own pid: a run before us in this container
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, but belongs to someone else
+        pass
+    return True
+
+
+def _remove_stale_parts(destination):
+    """Delete what earlier, killed downloads of `destination` left (<name>.<pid>.<random>.part),
+    except the temporary file of a download that is still running in another process."""
+    for part in destination.parent.glob(glob.escape(destination.name) + ".*.part"):
+        pid = part.name[len(destination.name) + 1:].split(".")[0]
+        if pid.isdigit() and _process_alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):  # e.g. still open elsewhere, on Windows
+            part.unlink()
+
+
+@contextlib.contextmanager
+def _removed_on_termination(path):
+    """While the block runs, SIGTERM and SIGHUP first delete `path`, then do what they did before
+    (end the process, or call the handler that was there). Ignored signals stay ignored."""
+    previous_handlers = {}
+
+    def handler(signum, frame):
+        Path(path).unlink(missing_ok=True)
+        signal.signal(signum, previous_handlers[signum])
+        signal.raise_signal(signum)
+
+    if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+        for name in ("SIGTERM", "SIGHUP"):
+            signum = getattr(signal, name, None)  # Windows has no SIGHUP
+            previous = signal.getsignal(signum) if signum is not None else None
+            if previous is not None and previous != signal.SIG_IGN:
+                previous_handlers[signum] = previous
+                signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, previous in previous_handlers.items():
+            signal.signal(signum, previous)
+
+
+def _new_part_file(destination):
+    """Create <destination>.<pid>.<random>.part with the permissions the umask gives new files
+    (tempfile.mkstemp's would be readable by their owner only)."""
+    while True:
+        temp_path = destination.with_name(f"{destination.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+        try:
+            return temp_path, os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
+                                      getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+
+
+def _transfer(url, file, name, timeout):
+    """Copy the body of `url` into the open `file` with a progress bar; return the bytes received."""
     from tqdm import tqdm
 
+    request = urllib.request.Request(url, headers={"User-Agent": "llm-from-scratch-companion"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        received = 0
+        with tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=None) as progress:
+            while block := response.read(1 << 16):
+                file.write(block)
+                received += len(block)
+                progress.update(len(block))
+    if total is not None and received != total:
+        raise DownloadError(f"the transfer stopped after {received} of {total} bytes")
+    return received
+
+
+def _fetch(url, destination, expected_sha256, expected_size, validate, timeout):
+    """Download one URL to a temporary file beside `destination`, check it, rename it into place.
+    Any failure, and SIGTERM or SIGHUP, removes the temporary file: nothing half-written stays."""
     destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=destination.parent, prefix=destination.name + ".",
-                                         suffix=".part")
-    temp_path = Path(temp_name)
+    _remove_stale_parts(destination)
+    temp_path, handle = _new_part_file(destination)
     try:
-        request = urllib.request.Request(url, headers={"User-Agent": "llm-from-scratch-companion"})
-        with os.fdopen(handle, "wb") as file, urllib.request.urlopen(request, timeout=timeout) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            received = 0
-            with tqdm(total=total, unit="B", unit_scale=True, desc=destination.name,
-                      disable=None) as progress:
-                while block := response.read(1 << 16):
-                    file.write(block)
-                    received += len(block)
-                    progress.update(len(block))
-        if total is not None and received != total:
-            raise DownloadError(f"the transfer stopped after {received} of {total} bytes")
-        if expected_size is not None and received != expected_size:
-            raise DownloadError(f"got {received} bytes, expected {expected_size}")
-        if expected_sha256 is not None and file_sha256(temp_path) != expected_sha256:
-            raise DownloadError("the file's SHA-256 checksum does not match the published one")
-        os.replace(temp_path, destination)
+        with _removed_on_termination(temp_path):
+            with os.fdopen(handle, "wb") as file:
+                _transfer(url, file, destination.name, timeout)
+            problem = _check_file(temp_path, expected_sha256, expected_size, validate)
+            if problem:
+                raise DownloadError(problem)
+            os.replace(temp_path, destination)
     finally:
         temp_path.unlink(missing_ok=True)
 
 
-def download_file(url, destination, backup_url=None, expected_sha256=None, expected_size=None,
-                  timeout=10):
-    """Download `url` to `destination` unless the file is already there; return its path.
-
-    Tries `backup_url` when the primary fails. Raises DownloadError naming the URLs and the path
-    where the file can be put by hand (the way to run offline)."""
-    destination = Path(destination)
-    if destination.exists():
-        return destination
+def _sources_failures(url, destination, backup_url, options):
+    """Try `url`, then `backup_url`: [] once one of them gave the file, else one line per source."""
     failures = []
     for source in [url] + ([backup_url] if backup_url else []):
         try:
-            _fetch(source, destination, expected_sha256, expected_size, timeout)
-            return destination
+            _fetch(source, destination, timeout=options.get("timeout", 10),
+                   **{key: options.get(key) for key in ("expected_sha256", "expected_size", "validate")})
+            return []
         except (OSError, http.client.HTTPException, DownloadError) as error:
             reason = getattr(error, "reason", None) or error
             failures.append(f"  {source}: {reason}")
-    raise DownloadError(
-        f"could not download {destination.name}:\n" + "\n".join(failures) +
-        f"\nIf this machine is offline, download the file elsewhere and put it at {destination}")
+    return failures
+
+
+def _check_present(url, destination, options):
+    """A file already there (downloaded before or put there by hand) must be the expected one too.
+    LLM_UNVERIFIED_DATA=1 accepts one that differs from the published file (your own text, a
+    smaller data set), with a note that names it."""
+    sha256, size, validate = (options.get(key) for key in ("expected_sha256", "expected_size", "validate"))
+    problem = _check_file(destination, sha256, size, validate)
+    if problem and (sha256 or size) and os.environ.get("LLM_UNVERIFIED_DATA"):
+        print(f"note: {destination} is not the published file ({problem}); using it as it is because "
+              "LLM_UNVERIFIED_DATA is set", file=sys.stderr)
+        problem = _check_file(destination, None, None, validate)
+    if problem:
+        raise DownloadError(f"{destination} is not the expected file: {problem}. Delete it and run again "
+                            f"to download it afresh, or put the right file there ({url})")
+
+
+def download_files(downloads):
+    """Download several files, each a dict of download_file's arguments; return their paths.
+
+    Tries every file before it gives up, so that one DownloadError names all that are missing."""
+    downloads = [dict(item) for item in downloads]
+    failed = []
+    for item in downloads:
+        url, destination = item.pop("url"), Path(item.pop("destination"))
+        item["destination"] = destination
+        if destination.exists():
+            _check_present(url, destination, item)
+            continue
+        failures = _sources_failures(url, destination, item.get("backup_url"), item)
+        if failures:
+            failed.append((destination, failures))
+    if failed:
+        places = ", ".join(str(destination) for destination, _ in failed)
+        raise DownloadError(
+            f"could not download {', '.join(destination.name for destination, _ in failed)}:\n" +
+            "\n".join(line for _, lines in failed for line in lines) + "\nIf this machine is offline, "
+            f"download {'them' if len(failed) > 1 else 'the file'} elsewhere and put "
+            f"{'them' if len(failed) > 1 else 'it'} at {places}")
+    return [item["destination"] for item in downloads]
+
+
+def download_file(url, destination, backup_url=None, expected_sha256=None, expected_size=None,
+                  timeout=10, validate=None):
+    """Download `url` to `destination` unless the file is already there; return its path.
+
+    The file, downloaded or found, must have `expected_size` bytes and the SHA-256 `expected_sha256`
+    where they are given; else it must pass `validate(path)` (default check_structure), which
+    raises ValueError for an incomplete file. Tries `backup_url` when the primary fails. Raises
+    DownloadError naming the URLs and the path where the file can be put by hand (the way to run
+    offline)."""
+    return download_files([dict(url=url, destination=destination, backup_url=backup_url,
+                                expected_sha256=expected_sha256, expected_size=expected_size,
+                                timeout=timeout, validate=validate)])[0]
 
 
 def add_device_arg(parser, help_suffix=""):
@@ -152,6 +361,40 @@ def positive_int(text):
     return value
 
 
+MIN_TEMPERATURE = 1e-6  # below it logits / temperature can overflow, and sampling is greedy anyway
+
+
+def check_temperature(text):
+    """argparse type for --temperature: 0 (greedy: always the most likely token) or a finite value
+    of at least MIN_TEMPERATURE; inf, nan, negative and vanishing values are refused in one line."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value == 0 or (math.isfinite(value) and value >= MIN_TEMPERATURE)):
+        raise argparse.ArgumentTypeError(f"{text} is not a temperature that can be computed with: give 0 "
+                                         f"(always the most likely token) or a finite number of at least "
+                                         f"{MIN_TEMPERATURE:g}, such as 0.8")
+    return value
+
+
+def positive_float(text):
+    """argparse type: a finite number above 0 (seconds, a rate)."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from error
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError("must be a finite number above 0")
+    return value
+
+
 def add_quick_and_epochs_args(parser, book_epochs, quick_epochs, quick_help):
     """--quick and --epochs, the two flags every training script shares."""
     parser.add_argument("--quick", action="store_true", help=quick_help)
@@ -170,16 +413,22 @@ def book_or_quick(args, book_settings, quick_settings):
 
 def extract_zip_safely(zip_path, target_dir):
     """Extract a zip archive, refusing it whole if any member would land outside target_dir
-    (a "../" or absolute name in a downloaded archive must not overwrite files elsewhere)."""
+    (a "../" or absolute name in a downloaded archive must not overwrite files elsewhere) or is a
+    symbolic link (which could point anywhere)."""
     target_dir = Path(target_dir).resolve()
     try:
         with zipfile.ZipFile(zip_path) as archive:
-            for member in archive.namelist():
-                destination = (target_dir / member).resolve()
+            for info in archive.infolist():
+                destination = (target_dir / info.filename).resolve()
                 if not destination.is_relative_to(target_dir):
-                    raise ScriptError(f"{zip_path} holds the member {member!r}, which would be written "
-                                      f"outside {target_dir}; refusing to extract it. Delete the zip and "
-                                      "download it again from a source you trust")
+                    problem = "would be written outside " + str(target_dir)
+                elif (info.external_attr >> 16) & 0o170000 == 0o120000:  # the Unix mode of a symlink
+                    problem = "is a symbolic link"
+                else:
+                    continue
+                raise ScriptError(f"{zip_path} holds the member {info.filename!r}, which {problem}; "
+                                  "refusing to extract it. Delete the zip and download it again from a "
+                                  "source you trust")
             archive.extractall(target_dir)
     except zipfile.BadZipFile as error:
         raise ScriptError(f"{zip_path} is not a valid zip file ({error}); delete it and run again "
@@ -187,10 +436,14 @@ def extract_zip_safely(zip_path, target_dir):
 
 
 def save_figure(fig, path):
-    """Lay out, save and close a matplotlib figure; return its path."""
+    """Lay out, save and close a matplotlib figure; return its path. Written atomically
+    (write_atomically), in the format of the path's suffix."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    path = Path(path)
+    try:
+        fig.tight_layout()
+        write_atomically(path, lambda temp: fig.savefig(temp, format=path.suffix.lstrip(".") or None))
+    finally:
+        plt.close(fig)
     return path

@@ -27,7 +27,7 @@ def load_starting_point(args, device, quick_cfg=None):
     --init-from PATH: your own checkpoint; else, with quick_cfg: a tiny random GPTModel;
     else OpenAI's GPT-2 --model. Each choice other than GPT-2 says so: never a silent stand-in."""
     if args.init_from is not None:
-        model, cfg = model_from_checkpoint(args.init_from, device)
+        model, cfg = model_from_checkpoint(args.init_from, device, gpt2_tokenizer=True)
         print(f"note: starting from your own model in {args.init_from}, not from OpenAI's GPT-2; "
               "results will be lower than the book's")
         return model, cfg

@@ -21,8 +21,8 @@ from checkpoints import load_checkpoint, save_checkpoint
 from d_tokenizer import get_gpt2_tokenizer
 from e_data_preparation import create_dataloader_v1
 from fast_attention import CachedNextTokenLogits
-from plumbing import (ScriptError, add_device_arg, add_quick_and_epochs_args, book_or_quick, get_device,
-                      output_path, run_main, save_figure)
+from plumbing import (ScriptError, add_device_arg, add_quick_and_epochs_args, book_or_quick, ensure_writable,
+                      get_device, output_path, outputs_folder, run_main, save_figure)
 from s_gpt_model import GPTModel, generate_text_simple
 from t_pretraining_basics import GPT_CONFIG_124M, START_CONTEXT, text_to_token_ids, token_ids_to_text
 
@@ -281,6 +281,7 @@ def main():
     device = get_device(args.device)
     cfg = QUICK_CONFIG if args.quick else GPT_CONFIG_124M
     settings = book_or_quick(args, TRAIN_SETTINGS, QUICK_SETTINGS)
+    ensure_writable(outputs_folder(args.quick))  # before the training, not after it
     num_epochs = settings["num_epochs"]
     print(f"Device: {device}" + ("   (--quick: a tiny model, not the book's numbers)" if args.quick else ""))
 
@@ -329,9 +330,14 @@ def main():
         num_epochs=num_epochs, eval_freq=settings["eval_freq"], eval_iter=settings["eval_iter"],
         start_context=START_CONTEXT, tokenizer=tokenizer)
     print(f"Training completed in {(time.time() - start_time) / 60:.2f} minutes.")
+    # Saved now, before the plots and samples, so that nothing after the training can lose it; 5.4
+    # below reloads this file.
+    checkpoint_path = save_checkpoint(output_path("model_and_optimizer.pth", args.quick), model, cfg,
+                                      optimizer)
 
     epochs_tensor = torch.linspace(0, num_epochs, len(train_losses))
-    path = plot_losses(epochs_tensor, tokens_seen, train_losses, val_losses, output_path("pretraining-loss-plot.png", args.quick))
+    path = plot_losses(epochs_tensor, tokens_seen, train_losses, val_losses,
+                       output_path("pretraining-loss-plot.png", args.quick))
     print("Saved the loss plot to", path)
 
     # 5.3: decoding. Greedy decoding always gives the same text.
@@ -353,7 +359,8 @@ def main():
 
     temperatures = [1, 0.1, 5]  # original, sharper, flatter
     scaled_probas = [softmax_with_temperature(next_token_logits, T) for T in temperatures]
-    path = plot_temperatures(scaled_probas, temperatures, TOY_VOCAB, output_path("temperature-plot.png", args.quick))
+    path = plot_temperatures(scaled_probas, temperatures, TOY_VOCAB,
+                             output_path("temperature-plot.png", args.quick))
     print("Saved the temperature plot to", path)
     for T, scaled in zip(temperatures[1:], scaled_probas[1:]):
         print(f"1,000 samples (temperature {T}):")
@@ -376,7 +383,6 @@ def main():
     print("\n5.3.3 Output text (top_k=25, temperature=1.4):\n", token_ids_to_text(token_ids, tokenizer))
 
     # 5.4: save model and optimizer (AdamW keeps two moving averages per weight), reload, go on.
-    checkpoint_path = save_checkpoint(output_path("model_and_optimizer.pth", args.quick), model, cfg, optimizer)
     print(f"\n5.4 Saved the model and optimizer to {checkpoint_path} "
           f"({checkpoint_path.stat().st_size / 1e6:.1f} MB)")
     checkpoint = load_checkpoint(checkpoint_path)

@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from checkpoints import load_checkpoint, save_checkpoint
 from d_tokenizer import get_gpt2_tokenizer
 from plumbing import (DATA_DIR, ScriptError, add_device_arg, add_quick_and_epochs_args, book_or_quick,
-                      download_file, extract_zip_safely, get_device, output_path, run_main, save_figure)
+                      download_file, ensure_writable, extract_zip_safely, get_device, output_path,
+                      outputs_folder, run_main, save_figure)
 from s_gpt_model import GPTModel, generate_text_simple
 from starting_point import add_starting_point_args, load_starting_point
 from t_pretraining_basics import text_to_token_ids, token_ids_to_text
@@ -121,7 +122,8 @@ def prepare_spam_splits():
     df = read_sms_spam(DATA_FILE_PATH)
     if set(df["Label"]) != {"ham", "spam"}:
         raise ScriptError(f"{DATA_FILE_PATH} should label every message ham or spam, but has the labels "
-                          f"{sorted(map(str, set(df['Label'])))}; delete it and run again to download it afresh")
+                          f"{sorted(map(str, set(df['Label'])))}; delete it and run again to download it "
+                          "afresh")
     balanced_df = create_balanced_dataset(df)
     labelled_df = balanced_df.assign(Label=balanced_df["Label"].map({"ham": 0, "spam": 1}))
     splits = random_split(labelled_df, 0.7, 0.1)
@@ -246,7 +248,7 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
 
 def plot_values(epochs_seen, examples_seen, train_values, val_values, label="loss", path=None):
     """Plot a training and a validation curve against epochs, with examples seen on a second
-    x-axis, and save it as a PNG (default outputs/<label>-plot.png). Returns the path."""
+    x-axis, and save it as a PNG (default outputs/classifier-<label>-plot.png). Returns the path."""
     import matplotlib.pyplot as plt
 
     fig, ax1 = plt.subplots(figsize=(5, 3))
@@ -258,12 +260,12 @@ def plot_values(epochs_seen, examples_seen, train_values, val_values, label="los
     ax2 = ax1.twiny()  # same curves, read against the number of examples seen
     ax2.plot(examples_seen, train_values, alpha=0)
     ax2.set_xlabel("Examples seen")
-    return save_figure(fig, output_path(f"{label}-plot.png") if path is None else Path(path))
+    return save_figure(fig, output_path(f"classifier-{label}-plot.png") if path is None else Path(path))
 
 
-def fine_tune(model, train_loader, val_loader, device, settings, loss_plot_path):
-    """Section 6.7's run: AdamW (seed 123) over the parameters that require grad, the training loop,
-    and the loss plot. Returns what train_classifier_simple returns."""
+def fine_tune(model, train_loader, val_loader, device, settings):
+    """Section 6.7's run: AdamW (seed 123) over the parameters that require grad, and the training
+    loop. Returns what train_classifier_simple returns."""
     start_time = time.time()
     torch.manual_seed(123)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"],
@@ -272,12 +274,20 @@ def fine_tune(model, train_loader, val_loader, device, settings, loss_plot_path)
                                       num_epochs=settings["num_epochs"], eval_freq=settings["eval_freq"],
                                       eval_iter=settings["eval_iter"])
     print(f"Training completed in {(time.time() - start_time) / 60:.2f} minutes.")
-    train_losses, val_losses, _, _, examples_seen = results
-    epochs_tensor = torch.linspace(0, settings["num_epochs"], len(train_losses))
-    examples_seen_tensor = torch.linspace(0, examples_seen, len(train_losses))
-    print("Saved", plot_values(epochs_tensor, examples_seen_tensor, train_losses, val_losses,
-                               path=loss_plot_path))
     return results
+
+
+def plot_fine_tuning(results, settings, loss_plot_path, accuracy_plot_path=None):
+    """Section 6.7's plots of a fine_tune run: the losses, and the accuracies where a path is given."""
+    train_losses, val_losses, train_accs, val_accs, examples_seen = results
+    curves = [(train_losses, val_losses, "loss", loss_plot_path)]
+    if accuracy_plot_path is not None:
+        curves.append((train_accs, val_accs, "accuracy", accuracy_plot_path))
+    for train_values, val_values, label, path in curves:
+        epochs_tensor = torch.linspace(0, settings["num_epochs"], len(train_values))
+        examples_seen_tensor = torch.linspace(0, examples_seen, len(train_values))
+        print("Saved", plot_values(epochs_tensor, examples_seen_tensor, train_values, val_values, label,
+                                   path))
 
 
 def classify_review(text, model, tokenizer, device, max_length=None, pad_token_id=50256):
@@ -316,13 +326,15 @@ def load_classifier(path, device="cpu"):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_device_arg(parser)
     add_quick_and_epochs_args(parser, SETTINGS["num_epochs"], QUICK_SETTINGS["num_epochs"],
                               "a tiny randomly initialised model and one short epoch, to check the setup")
     add_starting_point_args(parser, default_model="124M")
     args = parser.parse_args()
     settings = book_or_quick(args, SETTINGS, QUICK_SETTINGS)
+    ensure_writable(outputs_folder(args.quick))  # now, not after the training
 
     # 6.2 Preparing the dataset
     df, balanced_df, (train_df, validation_df, test_df) = prepare_spam_splits()
@@ -408,12 +420,12 @@ def main():
         print(f"\n--quick: fine-tuning and evaluating on the first {num_examples} examples of each split "
               f"({len(train_loader)} / {len(val_loader)} / {len(test_loader)} batches)")
     print(f"\nFine-tuning for {settings['num_epochs']} epoch(s)")
-    train_losses, val_losses, train_accs, val_accs, examples_seen = fine_tune(
-        model, train_loader, val_loader, device, settings, output_path("loss-plot.png"))
-    num_epochs = settings["num_epochs"]
-    epochs_tensor = torch.linspace(0, num_epochs, len(train_accs))
-    examples_seen_tensor = torch.linspace(0, examples_seen, len(train_accs))
-    print("Saved", plot_values(epochs_tensor, examples_seen_tensor, train_accs, val_accs, label="accuracy"))
+    results = fine_tune(model, train_loader, val_loader, device, settings)
+    path = output_path("review_classifier.pth", args.quick)  # the model first, before plots and samples
+    save_checkpoint(path, model, cfg, num_classes=NUM_CLASSES, max_length=train_dataset.max_length)
+    print(f"Saved the fine-tuned model to {path}")
+    plot_fine_tuning(results, settings, output_path("classifier-loss-plot.png", args.quick),
+                     output_path("classifier-accuracy-plot.png", args.quick))
 
     train_accuracy = calc_accuracy_loader(train_loader, model, device)
     val_accuracy = calc_accuracy_loader(val_loader, model, device)
@@ -430,14 +442,11 @@ def main():
         label = classify_review(text, model, tokenizer, device, max_length=train_dataset.max_length)
         print(f"\n{text!r}\n-> {label}")
 
-    path = output_path("review_classifier.pth")
-    save_checkpoint(path, model, cfg, num_classes=NUM_CLASSES, max_length=train_dataset.max_length)
-    print(f"\nSaved the fine-tuned model to {path}")
     reloaded, _ = load_classifier(path, device=device)
     same = all(classify_review(text, reloaded, tokenizer, device, max_length=train_dataset.max_length)
                == classify_review(text, model, tokenizer, device, max_length=train_dataset.max_length)
                for text in [text_1, text_2])
-    print("Reloaded it (weights_only=True); same predictions:", same)
+    print(f"\nReloaded {path} (weights_only=True); same predictions:", same)
 
 
 if __name__ == "__main__":

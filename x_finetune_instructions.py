@@ -28,9 +28,11 @@ from tqdm import tqdm
 
 from checkpoints import save_checkpoint
 from d_tokenizer import get_gpt2_tokenizer
-from ollama_client import JUDGE_MODEL, OLLAMA_URL, is_ollama_running, ollama_setup_hint, query_model
+from ollama_client import (JUDGE_MODEL, JUDGE_TIMEOUT, OLLAMA_URL, ollama_problem, ollama_setup_hint,
+                           query_model)
 from plumbing import (DATA_DIR, ScriptError, add_device_arg, add_quick_and_epochs_args, book_or_quick,
-                      download_file, get_device, output_path, run_main)
+                      download_file, ensure_writable, get_device, output_path, outputs_folder, positive_float,
+                      run_main, write_atomically)
 from starting_point import add_starting_point_args, load_starting_point
 from t_pretraining_basics import text_to_token_ids, token_ids_to_text
 from u_pretraining import calc_loss_loader, generate, plot_losses, train_model_simple
@@ -40,6 +42,8 @@ from v_load_gpt2_weights import QUICK_CONFIG
 INSTRUCTION_DATA_URL = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/"
                         "ch07/01_main-chapter-code/instruction-data.json")
 INSTRUCTION_DATA_PATH = DATA_DIR / "instruction-data.json"
+INSTRUCTION_DATA_SIZE = 203_524  # bytes, and the SHA-256, of the published file
+INSTRUCTION_DATA_SHA256 = "7e09a9af353722ca15c18bc580f093f9c39d3178335a75177319cb1e1d163944"
 RESPONSES_FILE = "instruction-data-with-response.json"
 
 # The book's settings.
@@ -61,7 +65,9 @@ QUICK_NUM_ENTRIES = 20
 
 def download_and_load_file(file_path, url):
     """Download the instruction data (once) and return it as a list of dicts."""
-    download_file(url, file_path)
+    pinned = url == INSTRUCTION_DATA_URL  # the published file; another one is only checked to be JSON
+    download_file(url, file_path, expected_size=INSTRUCTION_DATA_SIZE if pinned else None,
+                  expected_sha256=INSTRUCTION_DATA_SHA256 if pinned else None)
     with open(file_path, "r", encoding="utf-8") as file:
         try:
             data = json.load(file)
@@ -171,14 +177,22 @@ def generate_responses(model, test_data, tokenizer, device, max_new_tokens, cont
     return results
 
 
-def ollama_help(url, model, responses_path):
-    """How to get a judge running and score the responses later."""
+def score_command(responses_path, url, model, timeout=JUDGE_TIMEOUT):
+    """The command line that scores `responses_path` later, with the judge settings of this run."""
     command = f"python x_finetune_instructions.py --score-only {responses_path}"
     if url != OLLAMA_URL:
         command += f" --ollama-url {url}"
     if model != JUDGE_MODEL:
         command += f" --judge-model {model}"
-    return f"no Ollama server answers at {url}. To score the responses, {ollama_setup_hint(model)}, then run: {command}"
+    if timeout != JUDGE_TIMEOUT:
+        command += f" --judge-timeout {timeout:g}"
+    return command
+
+
+def ollama_help(url, model, responses_path, problem=None, timeout=JUDGE_TIMEOUT):
+    """How to get a judge running and score the responses later; `problem` says what went wrong."""
+    return (f"{problem or f'no Ollama server answers at {url}'}. To score the responses, "
+            f"{ollama_setup_hint(model)}, then run: {score_command(responses_path, url, model, timeout)}")
 
 
 def score_prompt(entry, json_key):
@@ -189,12 +203,12 @@ def score_prompt(entry, json_key):
             f" on a scale from 0 to 100, where 100 is the best score. ")
 
 
-def generate_model_scores(json_data, json_key, model="llama3", url=OLLAMA_URL):
+def generate_model_scores(json_data, json_key, model="llama3", url=OLLAMA_URL, timeout=JUDGE_TIMEOUT):
     """One integer score per entry; replies that are not an integer are reported and skipped."""
     scores = []
     for entry in tqdm(json_data, desc="Scoring entries"):
         prompt = score_prompt(entry, json_key) + "Respond with the integer number only."
-        score = query_model(prompt, model, url)
+        score = query_model(prompt, model, url, timeout)
         try:
             scores.append(int(score))
         except ValueError:
@@ -202,21 +216,28 @@ def generate_model_scores(json_data, json_key, model="llama3", url=OLLAMA_URL):
     return scores
 
 
-def print_scores(json_data, json_key, model, url):
-    """Section 7.8: three judged examples in words, then an integer score for every entry."""
-    for entry in json_data[:3]:
-        print("\nDataset response:\n>>", entry["output"])
-        print("\nModel response:\n>>", entry[json_key])
-        print("\nScore:\n>>", query_model(score_prompt(entry, json_key), model, url))
-        print("\n-------------------------")
-    scores = generate_model_scores(json_data, json_key, model, url)
+def print_scores(json_data, json_key, model, url, timeout=JUDGE_TIMEOUT, responses_path=None):
+    """Section 7.8: three judged examples in words, then an integer score for every entry. When the
+    judge fails, the error says how to score `responses_path` (the file of these responses) later."""
+    try:
+        for entry in json_data[:3]:
+            print("\nDataset response:\n>>", entry["output"])
+            print("\nModel response:\n>>", entry[json_key])
+            print("\nScore:\n>>", query_model(score_prompt(entry, json_key), model, url, timeout))
+            print("\n-------------------------")
+        scores = generate_model_scores(json_data, json_key, model, url, timeout)
+    except ScriptError as error:
+        if responses_path is None:
+            raise
+        raise ScriptError(f"{error}. The responses stay in {responses_path}; score them later with: "
+                          f"{score_command(responses_path, url, model, timeout)}") from error
     print(f"Number of scores: {len(scores)} of {len(json_data)}")
     if scores:
         print(f"Average score: {sum(scores) / len(scores):.2f}")
     return scores
 
 
-def score_responses_file(path, url, model):
+def score_responses_file(path, url, model, timeout=JUDGE_TIMEOUT):
     """--score-only: judge a responses file written by an earlier run, without training."""
     path = Path(path)
     if not path.exists():
@@ -233,9 +254,10 @@ def score_responses_file(path, url, model):
         raise ScriptError(f"{path} should hold a list of entries with the keys instruction, input, output "
                           f"and model_response, as the {RESPONSES_FILE} this script writes")
     print(f"Scoring the {len(json_data)} responses in {path} with {model} at {url}")
-    if not is_ollama_running(url):
-        raise ScriptError(ollama_help(url, model, path))
-    return print_scores(json_data, "model_response", model, url)
+    problem = ollama_problem(url)
+    if problem:
+        raise ScriptError(ollama_help(url, model, path, problem, timeout))
+    return print_scores(json_data, "model_response", model, url, timeout, responses_path=path)
 
 
 def checkpoint_name(args):
@@ -250,7 +272,8 @@ def checkpoint_name(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_device_arg(parser)
     add_quick_and_epochs_args(parser, SETTINGS["num_epochs"], QUICK_SETTINGS["num_epochs"],
                               f"a tiny randomly initialised model, the first {QUICK_NUM_ENTRIES} entries, "
@@ -259,15 +282,18 @@ def main():
     add_starting_point_args(parser, default_model=CHOOSE_MODEL)
     parser.add_argument("--ollama-url", default=OLLAMA_URL, help=f"Ollama's chat API (default {OLLAMA_URL})")
     parser.add_argument("--judge-model", default=JUDGE_MODEL, help=f"the judge (default {JUDGE_MODEL})")
+    parser.add_argument("--judge-timeout", type=positive_float, default=JUDGE_TIMEOUT, metavar="SECONDS",
+                        help=f"the most one judged answer may take (default {JUDGE_TIMEOUT})")
     parser.add_argument("--score-only", metavar="PATH",
                         help=f"only score the responses in PATH (e.g. outputs/{RESPONSES_FILE}), no training")
     args = parser.parse_args()
     if urllib.parse.urlsplit(args.ollama_url).scheme not in ("http", "https"):
         parser.error(f"--ollama-url should look like {OLLAMA_URL}")
     if args.score_only:
-        score_responses_file(args.score_only, args.ollama_url, args.judge_model)
+        score_responses_file(args.score_only, args.ollama_url, args.judge_model, args.judge_timeout)
         return
     settings = book_or_quick(args, SETTINGS, QUICK_SETTINGS)
+    ensure_writable(outputs_folder(args.quick))  # now, not after the training
 
     # 7.2 Preparing a dataset for supervised instruction fine-tuning
     data = download_and_load_file(INSTRUCTION_DATA_PATH, INSTRUCTION_DATA_URL)
@@ -375,8 +401,11 @@ def main():
         eval_freq=settings["eval_freq"], eval_iter=settings["eval_iter"],
         start_context=format_input(val_data[0]), tokenizer=tokenizer)
     print(f"Training completed in {(time.time() - start_time) / 60:.2f} minutes.")
+    model_path = output_path(checkpoint_name(args), args.quick)  # the model first, before plots and samples
+    save_checkpoint(model_path, model, cfg, prompt_format="alpaca")  # generate_text.py reads this
+    print("Saved", model_path)
     epochs_tensor = torch.linspace(0, num_epochs, len(train_losses))
-    plot_path = output_path("instruction-finetuning-losses.png")
+    plot_path = output_path("instruction-finetuning-losses.png", args.quick)
     plot_losses(epochs_tensor, tokens_seen, train_losses, val_losses, plot_path)
     print("Saved", plot_path)
 
@@ -390,20 +419,20 @@ def main():
         print(f"\nCorrect response:\n>> {entry['output']}")
         print(f"\nModel response:\n>> {entry['model_response']}")
         print("-------------------------------------")
-    responses_path = output_path(RESPONSES_FILE)
-    with open(responses_path, "w", encoding="utf-8") as file:
-        json.dump(test_results, file, indent=4)
+    responses_json = json.dumps(test_results, indent=4)
+    responses_path = write_atomically(output_path(RESPONSES_FILE, args.quick),
+                                      lambda temp: temp.write_text(responses_json, encoding="utf-8"))
     print("Saved", responses_path)
-    model_path = output_path(checkpoint_name(args))
-    save_checkpoint(model_path, model, cfg, prompt_format="alpaca")  # generate_text.py reads this
-    print("Saved", model_path)
 
     # 7.8 Evaluating the fine-tuned LLM
-    if not is_ollama_running(args.ollama_url):
-        print(f"\nSkipping the scoring: {ollama_help(args.ollama_url, args.judge_model, responses_path)}")
+    problem = ollama_problem(args.ollama_url)
+    if problem:
+        print("\nSkipping the scoring: " +
+              ollama_help(args.ollama_url, args.judge_model, responses_path, problem, args.judge_timeout))
         return
     print(f"\nScoring the test-set responses with {args.judge_model} at {args.ollama_url}")
-    print_scores(test_results, "model_response", args.judge_model, args.ollama_url)
+    print_scores(test_results, "model_response", args.judge_model, args.ollama_url, args.judge_timeout,
+                 responses_path)
 
 
 if __name__ == "__main__":

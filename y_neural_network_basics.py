@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from plumbing import ScriptError, get_device, output_path, run_main
+from plumbing import ScriptError, ensure_writable, get_device, output_path, outputs_folder, run_main
 
 NUM_EPOCHS = 3       # the book's training loop runs 3 epochs ...
 LEARNING_RATE = 0.5  # ... of plain SGD with this learning rate
@@ -224,6 +224,7 @@ def show_network():
 
 def main_single(args):
     device = get_device(args.device)
+    ensure_writable(outputs_folder(args.quick))  # before the training, not after it
     if not args.quick:
         print("== A.2 tensors ==")
         show_tensors()
@@ -271,7 +272,7 @@ def main_single(args):
     test_acc = compute_accuracy(model, test_loader, device)
     print(f"Training accuracy: {train_acc:.2f} | Test accuracy: {test_acc:.2f}")
 
-    path = output_path("model.pth")
+    path = output_path("appendix-a-model.pth", args.quick)  # the book's model.pth, with a name of its own
     torch.save(model.state_dict(), path)  # the weights only, not the Python class
     restored = NeuralNetwork(2, 2)  # the architecture must be rebuilt before loading the weights
     restored.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
@@ -321,7 +322,7 @@ def ddp_setup(device_name=None, command=DDP_COMMAND):
 def ddp_train(num_epochs=NUM_EPOCHS, device_name=None):
     """A.9: every rank trains a replica on its own shard of the data; DDP averages the gradients
     across ranks in backward(), so all replicas take the same step. Returns (model, train_acc,
-    test_acc); rank 0 saves outputs/model_ddp.pth."""
+    test_acc); rank 0 saves outputs/appendix-a-model-ddp.pth."""
     rank, world_size, device = ddp_setup(device_name)
     try:
         X_train, y_train, X_test, y_test = make_toy_data()
@@ -345,7 +346,7 @@ def ddp_train(num_epochs=NUM_EPOCHS, device_name=None):
         print(f"[rank {rank}] Training accuracy: {train_acc:.2f} | Test accuracy: {test_acc:.2f}",
               flush=True)
         if rank == 0:  # one writer, or the ranks would race on the same file
-            path = output_path("model_ddp.pth")
+            path = output_path("appendix-a-model-ddp.pth")
             torch.save(model.state_dict(), path)
             print(f"[rank 0] saved {path} ({world_size} processes, backend "
                   f"{torch.distributed.get_backend()})")
@@ -364,6 +365,7 @@ def main():
                         help=f"distributed data parallel training, one process per rank: {DDP_COMMAND}")
     args = parser.parse_args()
     if args.ddp:
+        ensure_writable(outputs_folder())  # rank 0 saves there after the training
         ddp_train(NUM_EPOCHS, args.device)
     else:
         main_single(args)

@@ -19,13 +19,13 @@ import torch.nn as nn
 
 from checkpoints import save_checkpoint
 from d_tokenizer import get_gpt2_tokenizer
-from plumbing import (add_device_arg, add_quick_and_epochs_args, book_or_quick, get_device, output_path,
-                      run_main)
+from plumbing import (add_device_arg, add_quick_and_epochs_args, book_or_quick, ensure_writable, get_device,
+                      output_path, outputs_folder, run_main)
 from starting_point import add_starting_point_args, load_starting_point
 from v_load_gpt2_weights import QUICK_CONFIG
 from w_finetune_classifier import (QUICK_SETTINGS, build_classifier, calc_accuracy_loader,
                                    create_spam_loaders, fine_tune, first_examples_loader, load_classifier,
-                                   prepare_spam_splits)
+                                   plot_fine_tuning, prepare_spam_splits)
 
 # The book's settings for appendix E (the same training recipe as chapter 6).
 LORA_RANK = 16   # inner dimension of the low-rank matrices A and B
@@ -108,7 +108,8 @@ def print_accuracies(train_loader, val_loader, test_loader, model, device, num_b
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_device_arg(parser)
     add_quick_and_epochs_args(parser, SETTINGS["num_epochs"], QUICK_SETTINGS["num_epochs"],
                               "a tiny randomly initialised model, one epoch on the first "
@@ -124,6 +125,7 @@ def main():
     if args.rank < 1:
         parser.error("--rank must be at least 1")
     settings = book_or_quick(args, SETTINGS, QUICK_SETTINGS)
+    ensure_writable(outputs_folder(args.quick))  # now, not after the training
 
     # E.2 Preparing the dataset: chapter 6's spam messages and loaders
     tokenizer = get_gpt2_tokenizer()
@@ -166,7 +168,7 @@ def main():
 
     # AdamW skips the frozen parameters: they never get a gradient
     print(f"\nFine-tuning the LoRA parameters for {settings['num_epochs']} epoch(s)")
-    fine_tune(model, train_loader, val_loader, device, settings, output_path("lora-loss-plot.png"))
+    results = fine_tune(model, train_loader, val_loader, device, settings)
     print("\nAfter fine-tuning (all batches):")
     print_accuracies(train_loader, val_loader, test_loader, model, device)
 
@@ -185,9 +187,10 @@ def main():
           f"{(merged_logits - lora_logits).abs().max().item():.2e}; same predictions: "
           f"{torch.equal(merged_logits.argmax(-1), lora_logits.argmax(-1))}")
 
-    path = output_path("review_classifier_lora.pth")
+    path = output_path("review_classifier_lora.pth", args.quick)  # the model before the plot
     save_checkpoint(path, model, cfg, num_classes=NUM_CLASSES, max_length=max_length,
                     lora_rank=args.rank, lora_alpha=args.alpha, lora_scale_by_rank=args.scale_by_rank)
+    plot_fine_tuning(results, settings, output_path("lora-loss-plot.png", args.quick))
     reloaded, _ = load_classifier(path, device=device)
     with torch.no_grad():
         same = torch.allclose(reloaded(input_batch)[:, -1, :], merged_logits, atol=1e-5)

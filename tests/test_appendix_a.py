@@ -147,8 +147,8 @@ def test_two_process_ddp_on_cpu_agrees_across_ranks(tmp_path):
         assert torch.allclose(tensor, reference[name], atol=1e-6), name
     assert not torch.equal(rank0["state_dict"]["layers.0.weight"], initial["layers.0.weight"])
 
-    assert [p.name for p in outputs_dir.iterdir()] == ["model_ddp.pth"]  # written by rank 0 only
-    saved = torch.load(outputs_dir / "model_ddp.pth", weights_only=True)
+    assert [p.name for p in outputs_dir.iterdir()] == ["appendix-a-model-ddp.pth"]  # by rank 0 only
+    saved = torch.load(outputs_dir / "appendix-a-model-ddp.pth", weights_only=True)
     assert all(torch.equal(saved[name], rank0["state_dict"][name]) for name in saved)
 
 

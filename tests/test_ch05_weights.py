@@ -131,6 +131,12 @@ def assert_same_params(params, variables):
         assert np.array_equal(got[path], array), path
 
 
+@pytest.fixture(autouse=True)
+def stand_in_tokenizer_files(monkeypatch):
+    """The test checkpoints' encoder.json and vocab.bpe are stand-ins, not OpenAI's pinned bytes."""
+    monkeypatch.setattr(gpt_download, "GPT2_PINNED", {})
+
+
 def starting_point_args(*argv):
     parser = argparse.ArgumentParser()
     add_starting_point_args(parser, default_model="124M")
@@ -359,7 +365,8 @@ def test_starting_point_gpt2_from_the_models_dir(tiny):
 
 
 def test_starting_point_init_from_a_checkpoint_of_u(tmp_path, capsys):
-    cfg = {**BASE_CONFIG, "vocab_size": 64, "context_length": 8, "emb_dim": 16, "n_heads": 2, "n_layers": 1}
+    # GPT-2's vocabulary: --init-from takes only models that read GPT-2's token ids
+    cfg = {**BASE_CONFIG, "vocab_size": 50257, "context_length": 8, "emb_dim": 16, "n_heads": 2, "n_layers": 1}
     torch.manual_seed(123)
     trained = GPTModel(cfg).eval()
     path = save_checkpoint(tmp_path / "model_and_optimizer.pth", trained, cfg)

@@ -10,12 +10,13 @@ import time
 import pytest
 import torch
 
+from ollama_client import is_ollama_running
 from plumbing import ScriptError
 from s_gpt_model import GPTModel
 from x_finetune_instructions import (InstructionDataset, custom_collate_draft_1, custom_collate_draft_2,
                                      custom_collate_fn, download_and_load_file, extract_response,
                                      format_input, generate_model_scores, generate_responses,
-                                     is_ollama_running, query_model, score_responses_file, split_data)
+                                     query_model, score_responses_file, split_data)
 
 PREAMBLE = ("Below is an instruction that describes a task. "
             "Write a response that appropriately completes the request.")

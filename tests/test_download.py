@@ -35,9 +35,9 @@ def test_success_writes_the_file_and_nothing_else(tmp_path, local_server):
 def test_existing_file_is_not_downloaded_again(tmp_path, local_server):
     url = local_server.add("/data.bin", BODY)
     destination = tmp_path / "data.bin"
-    destination.write_bytes(b"already here")
+    destination.write_bytes(BODY)  # put there by hand: it is checked, not downloaded again
     assert download_file(url, destination, expected_sha256=sha256(BODY)) == destination
-    assert destination.read_bytes() == b"already here"
+    assert destination.read_bytes() == BODY
     assert local_server.requests == []
 
 
@@ -52,7 +52,7 @@ def test_checksum_mismatch_leaves_no_file(tmp_path, local_server):
 
 def test_size_mismatch_leaves_no_file(tmp_path, local_server):
     url = local_server.add("/data.bin", BODY)
-    with pytest.raises(DownloadError, match=f"got {len(BODY)} bytes, expected {len(BODY) + 1}"):
+    with pytest.raises(DownloadError, match=f"has {len(BODY)} bytes, expected {len(BODY) + 1}"):
         download_file(url, tmp_path / "data.bin", expected_size=len(BODY) + 1)
     assert list(tmp_path.iterdir()) == []
 

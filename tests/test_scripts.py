@@ -211,6 +211,8 @@ def test_chapters_3_4_scripts(script, tmp_path, request):
 # A stand-in for the-verdict.txt, longer than the 3,000 characters u --quick reads.
 CH05_STORY = " ".join(f"Day {i}: the painter put down his brush, and we looked at the picture on the "
                       "wall for a long time without a word." for i in range(30))
+# A file in data/ that is not the published one is refused unless LLM_UNVERIFIED_DATA is set.
+STAND_IN = {"LLM_UNVERIFIED_DATA": "1"}
 
 
 def test_t_pretraining_basics(tmp_path, gpt2_tokenizer):
@@ -228,7 +230,7 @@ def test_u_pretraining_quick(tmp_path, gpt2_tokenizer):
     data_dir.mkdir()
     (data_dir / "the-verdict.txt").write_text(CH05_STORY, encoding="utf-8")
     out = run_script("u_pretraining.py", "--quick", "--device", "cpu",
-                     data_dir=data_dir, outputs_dir=outputs_dir).stdout
+                     data_dir=data_dir, outputs_dir=outputs_dir, env=STAND_IN).stdout
     assert "Characters: 3000\n" in out
     assert re.search(r"^Ep 1 \(Step 000000\): Train loss \d+\.\d{3}, Val loss \d+\.\d{3}$", out, re.M)
     assert re.search(r"^Ep 2 \(Step 0000\d\d\): Train loss \d+\.\d{3}", out, re.M)
@@ -253,7 +255,7 @@ def test_appendix_d_quick(tmp_path, gpt2_tokenizer):
     data_dir.mkdir()
     (data_dir / "the-verdict.txt").write_text(CH05_STORY, encoding="utf-8")
     out = run_script("appendix_d.py", "--quick", "--device", "cpu", data_dir=data_dir,
-                     outputs_dir=outputs_dir).stdout
+                     outputs_dir=outputs_dir, env=STAND_IN).stdout
     steps = int(re.search(r"^D\.1 (\d+) steps, (\d+) of them warmup$", out, re.M)[1])
     assert steps > 0 and "D.2 Peak learning rate 0.001000" in out
     before, after = (float(v) for v in re.findall(r"Highest gradient (?:before|after) clipping: tensor\(([-\d.e]+)\)", out))
@@ -268,7 +270,7 @@ def test_fast_pretraining_quick(tmp_path, gpt2_tokenizer):
     data_dir.mkdir()
     (data_dir / "the-verdict.txt").write_text(CH05_STORY, encoding="utf-8")
     out = run_script("fast_pretraining.py", "--quick", "--grad-accum", "2", "--device", "cpu",
-                     data_dir=data_dir, outputs_dir=outputs_dir).stdout
+                     data_dir=data_dir, outputs_dir=outputs_dir, env=STAND_IN).stdout
     assert "global batch 4; FastMultiHeadAttention, fused AdamW" in out
     assert "2 batches per optimizer step" in out
     assert re.search(r"^Ep 2 \(Step 0000\d\d\): Train loss \d+\.\d{3}", out, re.M)
@@ -282,7 +284,7 @@ def test_u_pretraining_text_too_short(tmp_path, gpt2_tokenizer):
     data_dir.mkdir()
     (data_dir / "the-verdict.txt").write_text("Far too short to train on.", encoding="utf-8")
     result = run_script("u_pretraining.py", "--quick", data_dir=data_dir, outputs_dir=tmp_path / "outputs",
-                        check=False)
+                        check=False, env=STAND_IN)
     assert result.returncode == 1
     assert "too few for one window of context_length=32" in result.stderr
     assert "Traceback" not in result.stderr
@@ -345,10 +347,10 @@ def test_w_finetune_classifier_quick(tmp_path):
     assert re.search(r"Test accuracy: \d+\.\d\d%", out)
     assert re.search(r"-> (spam|not spam)\n", out)
     assert "same predictions: True" in out
-    for name in ("loss-plot.png", "accuracy-plot.png"):
-        assert (outputs_dir / name).read_bytes()[:4] == b"\x89PNG"
+    for name in ("classifier-loss-plot.png", "classifier-accuracy-plot.png"):
+        assert (outputs_dir / "quick" / name).read_bytes()[:4] == b"\x89PNG"
     import torch
-    checkpoint = torch.load(outputs_dir / "review_classifier.pth", weights_only=True)
+    checkpoint = torch.load(outputs_dir / "quick" / "review_classifier.pth", weights_only=True)
     assert checkpoint["num_classes"] == 2 and checkpoint["max_length"] == 25
     assert checkpoint["model_state_dict"]["out_head.weight"].shape == (2, 32)
 
@@ -399,7 +401,7 @@ def test_x_finetune_instructions_quick_without_ollama(tmp_path):
         sock.bind(("127.0.0.1", 0))
         ollama_url = f"http://127.0.0.1:{sock.getsockname()[1]}/api/chat"
     out = run_script("x_finetune_instructions.py", "--quick", "--device", "cpu", "--ollama-url", ollama_url,
-                     data_dir=data_dir, outputs_dir=outputs_dir).stdout
+                     data_dir=data_dir, outputs_dir=outputs_dir, env=STAND_IN).stdout
     assert "Number of entries: 12\n" in out
     assert ("Entry 0 in the Alpaca prompt style:\nBelow is an instruction that describes a task. Write a "
             "response that appropriately completes the request.\n\n### Instruction:\nConvert the sentence "
@@ -418,6 +420,7 @@ def test_x_finetune_instructions_quick_without_ollama(tmp_path):
     assert f"Skipping the scoring: no Ollama server answers at {ollama_url}" in out
     assert "`ollama serve`" in out and "`ollama pull llama3`" in out and "--score-only" in out
 
+    outputs_dir = outputs_dir / "quick"
     responses = json.loads((outputs_dir / "instruction-data-with-response.json").read_text(encoding="utf-8"))
     assert len(responses) == 1 and isinstance(responses[0].pop("model_response"), str)
     assert responses == CH07_ENTRIES[10:11]
@@ -481,7 +484,7 @@ def test_y_neural_network_basics(tmp_path):
     assert "[0.9991, 0.0009]" in out and "predictions: tensor([0, 0, 0, 1, 1])" in out
     assert "Training accuracy: 1.00 | Test accuracy: 1.00\n" in out
     assert "the reloaded model gives the same outputs: True" in out
-    assert (outputs_dir / "model.pth").exists()
+    assert (outputs_dir / "appendix-a-model.pth").exists()
     assert "torchrun --nproc_per_node=2 y_neural_network_basics.py --ddp" in out
 
     out = run_script("y_neural_network_basics.py", "--quick", "--device", "cpu", data_dir=tmp_path / "data",
@@ -505,7 +508,7 @@ def test_y_ddp_with_torchrun_on_cpu(tmp_path):
         assert f"[rank {rank}] Epoch: 003/003 | Batch 000/001 | Train Loss: " in out  # 3 samples per rank
         assert f"[rank {rank}] Training accuracy: 1.00 | Test accuracy: 1.00\n" in out
     assert "[rank 0] saved" in out and "(2 processes, backend gloo)" in out and "[rank 1] saved" not in out
-    assert [p.name for p in outputs_dir.iterdir()] == ["model_ddp.pth"]
+    assert [p.name for p in outputs_dir.iterdir()] == ["appendix-a-model-ddp.pth"]
 
 
 def test_z_lora_quick(tmp_path):
@@ -529,8 +532,8 @@ def test_z_lora_quick(tmp_path):
                      r"Validation accuracy: \d+\.\d\d%\nTest accuracy: \d+\.\d\d%\n", out)
     assert "1,637,858 parameters, no LinearWithLoRA left: True" in out
     assert "same predictions: True" in out and "same logits: True" in out
-    assert (outputs_dir / "lora-loss-plot.png").read_bytes()[:4] == b"\x89PNG"
-    checkpoint = torch.load(outputs_dir / "review_classifier_lora.pth", weights_only=True)
+    assert (outputs_dir / "quick" / "lora-loss-plot.png").read_bytes()[:4] == b"\x89PNG"
+    checkpoint = torch.load(outputs_dir / "quick" / "review_classifier_lora.pth", weights_only=True)
     assert checkpoint["num_classes"] == 2 and checkpoint["lora_rank"] == 16 and checkpoint["max_length"] == 25
     assert not any("lora" in key for key in checkpoint["model_state_dict"])  # merged: plain Linear layers
     assert checkpoint["model_state_dict"]["out_head.weight"].shape == (2, 32)
