@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from test_ch05_training import TINY_CFG, CharTokenizer, make_loaders
+from conftest import CHAR_CFG, CharTokenizer, char_loaders
 
 from appendix_d import lr_at_step, train_model
 from s_gpt_model import GPTModel
@@ -24,8 +24,8 @@ def test_learning_rate_schedule_values():
 
 def test_train_model_schedule_and_clipping_after_warmup(monkeypatch, capsys):
     torch.manual_seed(123)
-    train_loader, val_loader = make_loaders(batch_size=4)
-    model = GPTModel(TINY_CFG)
+    train_loader, val_loader = char_loaders(batch_size=4)
+    model = GPTModel(CHAR_CFG)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
     n_epochs, warmup_steps = 3, 4
     total = len(train_loader) * n_epochs

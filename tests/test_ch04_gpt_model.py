@@ -14,7 +14,8 @@ from s_gpt_model import GPTModel, count_parameters, generate_text_simple, model_
 
 TINY = {"vocab_size": 50, "context_length": 8, "emb_dim": 16, "n_heads": 2, "n_layers": 2,
         "drop_rate": 0.0, "qkv_bias": True}
-BOOK_BATCH = torch.tensor([[6109, 3626, 6100, 345], [6109, 1110, 6622, 257]])  # "Every effort moves you", "Every day holds a"
+# "Every effort moves you", "Every day holds a"
+BOOK_BATCH = torch.tensor([[6109, 3626, 6100, 345], [6109, 1110, 6622, 257]])
 HELLO_I_AM = [15496, 11, 314, 716]
 
 
@@ -156,7 +157,8 @@ def gpt_parameter_count(cfg):
     return v * e + c * e + cfg["n_layers"] * block + 2 * e + e * v  # embeddings, blocks, final_norm, out_head
 
 
-@pytest.mark.parametrize("cfg", [TINY, {**TINY, "qkv_bias": False, "n_layers": 3, "emb_dim": 12, "n_heads": 3}])
+@pytest.mark.parametrize("cfg", [TINY,
+                                 {**TINY, "qkv_bias": False, "n_layers": 3, "emb_dim": 12, "n_heads": 3}])
 def test_parameter_count_formula_matches_the_model(cfg):
     assert count_parameters(GPTModel(cfg))[0] == gpt_parameter_count(cfg)
 
@@ -181,15 +183,11 @@ def test_parameter_counts_of_the_gpt2_models():
 def book_model():
     """The book's GPTModel(GPT_CONFIG_124M) under seed 123, and its (training-mode) logits on the
     book's batch, computed right after creation as the book does."""
-    threads = torch.get_num_threads()
-    # One thread: on inputs this small, syncing threads costs more than it saves (much more on a busy CI box).
-    torch.set_num_threads(1)
     torch.manual_seed(123)
     model = GPTModel(GPT_CONFIG_124M)
     with torch.no_grad():
         logits = model(BOOK_BATCH)
-    yield model.eval(), logits
-    torch.set_num_threads(threads)
+    return model.eval(), logits
 
 
 def test_book_model_size(book_model):
@@ -214,7 +212,8 @@ def test_generate_text_simple_gives_the_books_token_ids(book_model):
 
 def test_hello_i_am_token_ids(gpt2_tokenizer):
     assert gpt2_tokenizer.encode("Hello, I am") == HELLO_I_AM
-    assert gpt2_tokenizer.decode([27018, 24086, 47843, 30961, 42348, 7267]) == " Featureiman Byeswickattribute argue"
+    assert (gpt2_tokenizer.decode([27018, 24086, 47843, 30961, 42348, 7267])
+            == " Featureiman Byeswickattribute argue")
 
 
 def test_generate_text_simple_is_deterministic_and_crops_long_inputs():

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from conftest import CHAR_CFG, CharTokenizer, char_loaders
 from torch.utils.data import DataLoader, TensorDataset
 
 from s_gpt_model import GPTModel, generate_text_simple
@@ -12,40 +13,11 @@ from t_pretraining_basics import text_to_token_ids, token_ids_to_text
 from u_pretraining import (calc_loss_batch, calc_loss_loader, generate, softmax_with_temperature,
                            train_model_simple)
 
-TINY_CFG = {"vocab_size": 96, "context_length": 16, "emb_dim": 32, "n_heads": 2, "n_layers": 2,
-            "drop_rate": 0.1, "qkv_bias": False}
-
-TEXT = ("Every effort moves you forward. The quick brown fox jumps over the lazy dog. "
-        "I really like chocolate, and I really like tea. ") * 4
-
-
-class CharTokenizer:
-    """Printable ASCII characters as token IDs 0..95: enough for train_model_simple's samples."""
-
-    def encode(self, text, allowed_special=None):
-        return [min(max(ord(c) - 32, 0), 95) for c in text]
-
-    def decode(self, ids):
-        return "".join(chr(i + 32) for i in ids)
-
-
-def make_loaders(batch_size=2, context=TINY_CFG["context_length"]):
-    ids = torch.tensor(CharTokenizer().encode(TEXT))
-    starts = range(0, len(ids) - context - 1, context)
-    inputs = torch.stack([ids[i:i + context] for i in starts])
-    targets = torch.stack([ids[i + 1:i + context + 1] for i in starts])
-    split = int(0.9 * len(inputs))
-    train_loader = DataLoader(TensorDataset(inputs[:split], targets[:split]), batch_size=batch_size,
-                              shuffle=True, drop_last=True)
-    val_loader = DataLoader(TensorDataset(inputs[split:], targets[split:]), batch_size=batch_size,
-                            shuffle=False)
-    return train_loader, val_loader
-
 
 def run_training(seed=123, num_epochs=3):
     torch.manual_seed(seed)
-    train_loader, val_loader = make_loaders()
-    model = GPTModel(TINY_CFG)
+    train_loader, val_loader = char_loaders()
+    model = GPTModel(CHAR_CFG)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.004, weight_decay=0.1)
     return train_model_simple(model, train_loader, val_loader, optimizer, "cpu", num_epochs=num_epochs,
                               eval_freq=5, eval_iter=5, start_context="Every effort",
@@ -82,7 +54,7 @@ def test_cross_entropy_and_perplexity_by_hand():
 
 def test_calc_loss_loader_num_batches():
     torch.manual_seed(1)
-    model = GPTModel(TINY_CFG).eval()
+    model = GPTModel(CHAR_CFG).eval()
     inputs = torch.randint(0, 96, (8, 16))
     targets = torch.randint(0, 96, (8, 16))
     loader = DataLoader(TensorDataset(inputs, targets), batch_size=2, shuffle=False)
@@ -134,11 +106,11 @@ def test_train_model_simple_makes_the_books_random_draws():
         return losses
 
     torch.manual_seed(123)
-    train_loader, val_loader = make_loaders()
+    train_loader, val_loader = char_loaders()
     results = []
     for use_books_loop in (True, False):
         torch.manual_seed(123)
-        model = GPTModel({**TINY_CFG, "drop_rate": 0.5})
+        model = GPTModel({**CHAR_CFG, "drop_rate": 0.5})
         optimizer = torch.optim.AdamW(model.parameters(), lr=0.004, weight_decay=0.1)
         if use_books_loop:
             results.append(books_loop(model, train_loader, val_loader, optimizer, 2, 3, 2))
@@ -177,7 +149,7 @@ class FixedLogitsModel(torch.nn.Module):
 
 def test_generate_with_temperature_zero_is_greedy():
     torch.manual_seed(3)
-    model = GPTModel(TINY_CFG).eval()
+    model = GPTModel(CHAR_CFG).eval()
     idx = torch.randint(0, 96, (3, 5))
     # 20 new tokens > context_length 16: the context gets cropped along the way.
     expected = generate_text_simple(model, idx, max_new_tokens=20, context_size=16)

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
+from conftest import CharTokenizer
 from torch.utils.data import DataLoader, TensorDataset
 
 import w_finetune_classifier as w
@@ -19,6 +20,7 @@ from v_load_gpt2_weights import BASE_CONFIG, model_configs
 
 TINY_CFG = {"vocab_size": 64, "context_length": 16, "emb_dim": 32, "n_heads": 2, "n_layers": 2,
             "drop_rate": 0.0, "qkv_bias": True}
+CHAR_IDS = 60  # CharTokenizer(CHAR_IDS) gives ids below 60: 63 pads, and no character is 63
 
 
 def labelled_df(num_rows):
@@ -26,13 +28,6 @@ def labelled_df(num_rows):
     rows = [("spam", f"WIN a {i} prize now, call 0800") if i % 5 == 4 else ("ham", f"see you at {i}")
             for i in range(num_rows)]
     return pd.DataFrame(rows, columns=["Label", "Text"])
-
-
-class CharTokenizer:
-    """A stand-in for tiktoken with a tiny vocabulary: one token per character."""
-
-    def encode(self, text):
-        return [ord(ch) % 60 for ch in text]
 
 
 # ---- data ----
@@ -219,17 +214,7 @@ def easy_task(num_examples, generator):
     return torch.where(labels[:, None] == 1, high, low), labels
 
 
-@pytest.fixture
-def one_thread():
-    """Tensors this small gain nothing from threads, and on a busy machine threads waiting for
-    each other make the run many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_train_classifier_simple_learns_an_easy_task(capsys, one_thread):
+def test_train_classifier_simple_learns_an_easy_task(capsys):
     generator = torch.Generator().manual_seed(123)
     train_loader = DataLoader(TensorDataset(*easy_task(64, generator)), batch_size=8, shuffle=True,
                               drop_last=True, generator=generator)
@@ -268,7 +253,7 @@ class RecordingHead(nn.Module):
 
 
 def test_classify_review_labels_padding_and_truncation():
-    tokenizer = CharTokenizer()
+    tokenizer = CharTokenizer(CHAR_IDS)
     assert w.classify_review("hello", RecordingHead(1), tokenizer, "cpu") == "spam"
     model = RecordingHead(0)
     assert w.classify_review("hello", model, tokenizer, "cpu", max_length=8, pad_token_id=63) == "not spam"
@@ -289,11 +274,11 @@ def test_classify_review_with_a_tiny_gpt():
     with torch.no_grad():
         model.out_head.weight.zero_()
         model.out_head.bias.copy_(torch.tensor([0.0, 1.0]))
-    assert w.classify_review("win cash", model, CharTokenizer(), "cpu", max_length=12,
+    assert w.classify_review("win cash", model, CharTokenizer(CHAR_IDS), "cpu", max_length=12,
                              pad_token_id=63) == "spam"
     with torch.no_grad():
         model.out_head.bias.copy_(torch.tensor([1.0, 0.0]))
-    assert w.classify_review("win cash", model, CharTokenizer(), "cpu", max_length=12,
+    assert w.classify_review("win cash", model, CharTokenizer(CHAR_IDS), "cpu", max_length=12,
                              pad_token_id=63) == "not spam"
 
 

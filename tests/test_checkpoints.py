@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from test_ch05_training import TINY_CFG, CharTokenizer
+from conftest import CHAR_CFG, CharTokenizer
 
 from checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
 from plumbing import ScriptError
@@ -12,7 +12,7 @@ from u_pretraining import calc_loss_batch
 
 def trained_tiny_model():
     torch.manual_seed(5)
-    model = GPTModel(TINY_CFG)
+    model = GPTModel(CHAR_CFG)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.001, weight_decay=0.1)
     inputs, targets = torch.randint(0, 96, (2, 16)), torch.randint(0, 96, (2, 16))
     for _ in range(2):
@@ -24,7 +24,7 @@ def trained_tiny_model():
 
 def test_save_and_load_checkpoint(tmp_path):
     model, optimizer, inputs = trained_tiny_model()
-    path = save_checkpoint(tmp_path / "sub" / "ckpt.pth", model, TINY_CFG, optimizer, epoch=2,
+    path = save_checkpoint(tmp_path / "sub" / "ckpt.pth", model, CHAR_CFG, optimizer, epoch=2,
                            note="tiny")
     assert [p.name for p in path.parent.iterdir()] == ["ckpt.pth"]  # no temporary file left
     plain = tmp_path / "plain.pth"
@@ -32,11 +32,11 @@ def test_save_and_load_checkpoint(tmp_path):
     assert path.stat().st_mode == plain.stat().st_mode  # as readable as any file torch.save writes
 
     checkpoint = load_checkpoint(path)
-    assert checkpoint["config"] == TINY_CFG
+    assert checkpoint["config"] == CHAR_CFG
     assert checkpoint["epoch"] == 2 and checkpoint["note"] == "tiny"
 
     reloaded, cfg = model_from_checkpoint(path)
-    assert cfg == TINY_CFG and not reloaded.training
+    assert cfg == CHAR_CFG and not reloaded.training
     with torch.no_grad():
         assert torch.equal(reloaded(inputs), model(inputs))
 
@@ -50,22 +50,22 @@ def test_save_and_load_checkpoint(tmp_path):
             assert torch.equal(old_state[key][name], new_state[key][name])
 
     # A model-only checkpoint has no optimizer state.
-    path = save_checkpoint(tmp_path / "model.pth", model, TINY_CFG)
+    path = save_checkpoint(tmp_path / "model.pth", model, CHAR_CFG)
     assert "optimizer_state_dict" not in load_checkpoint(path)
 
 
 def test_save_checkpoint_refuses_what_cannot_be_loaded(tmp_path):
     model, _, _ = trained_tiny_model()
     with pytest.raises(ValueError, match="weights_only"):
-        save_checkpoint(tmp_path / "c.pth", model, TINY_CFG, history=[1.0, object()])
+        save_checkpoint(tmp_path / "c.pth", model, CHAR_CFG, history=[1.0, object()])
     with pytest.raises(ValueError, match="config"):
-        save_checkpoint(tmp_path / "c.pth", model, TINY_CFG, config={})
+        save_checkpoint(tmp_path / "c.pth", model, CHAR_CFG, config={})
     assert not list(tmp_path.iterdir())
 
 
 def test_broken_checkpoints_give_a_clear_error(tmp_path):
     model, optimizer, _ = trained_tiny_model()
-    good = save_checkpoint(tmp_path / "good.pth", model, TINY_CFG, optimizer)
+    good = save_checkpoint(tmp_path / "good.pth", model, CHAR_CFG, optimizer)
     data = good.read_bytes()
 
     missing = tmp_path / "missing.pth"
@@ -86,7 +86,7 @@ def test_broken_checkpoints_give_a_clear_error(tmp_path):
 
     # weights_only=True: a pickled arbitrary object is refused, not executed.
     pickled = tmp_path / "pickled.pth"
-    torch.save({"model_state_dict": {}, "config": TINY_CFG, "x": CharTokenizer()}, pickled)
+    torch.save({"model_state_dict": {}, "config": CHAR_CFG, "x": CharTokenizer()}, pickled)
     with pytest.raises(ScriptError, match="pickled.pth"):
         load_checkpoint(pickled)
 
