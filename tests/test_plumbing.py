@@ -1,0 +1,55 @@
+"""plumbing.py's small helpers that every script shares: the flags, the settings, where outputs go."""
+
+import argparse
+
+import pytest
+
+import plumbing
+from plumbing import add_device_arg, add_quick_and_epochs_args, book_or_quick, positive_int
+
+BOOK = {"num_epochs": 10, "learning_rate": 0.0004}
+QUICK = {"num_epochs": 2, "learning_rate": 0.0004}
+
+
+def parse(*argv):
+    parser = argparse.ArgumentParser()
+    add_device_arg(parser)
+    add_quick_and_epochs_args(parser, BOOK["num_epochs"], QUICK["num_epochs"], "a tiny run")
+    return parser.parse_args(argv)
+
+
+def test_book_settings_unless_quick_then_epochs_overrides_either():
+    assert book_or_quick(parse(), BOOK, QUICK) == BOOK
+    assert book_or_quick(parse("--quick"), BOOK, QUICK) == QUICK
+    assert book_or_quick(parse("--epochs", "3"), BOOK, QUICK) == {**BOOK, "num_epochs": 3}
+    assert book_or_quick(parse("--quick", "--epochs", "5"), BOOK, QUICK) == {**QUICK, "num_epochs": 5}
+    assert BOOK["num_epochs"] == 10 and QUICK["num_epochs"] == 2  # the tables themselves stay as they are
+
+
+def test_device_defaults_to_automatic_and_epochs_must_be_positive(capsys):
+    args = parse()
+    assert args.device is None and args.quick is False and args.epochs is None
+    assert parse("--device", "cpu").device == "cpu"
+    for bad in ("0", "-2", "two"):
+        with pytest.raises(SystemExit):
+            parse("--epochs", bad)
+    assert "--epochs" in capsys.readouterr().err
+    assert positive_int("7") == 7
+
+
+def test_quick_outputs_never_land_where_a_full_run_writes(tmp_path, monkeypatch):
+    monkeypatch.setattr(plumbing, "OUTPUTS_DIR", tmp_path / "outputs")
+    full = plumbing.output_path("model_and_optimizer.pth")
+    quick = plumbing.output_path("model_and_optimizer.pth", quick=True)
+    assert full == tmp_path / "outputs" / "model_and_optimizer.pth"
+    assert quick == tmp_path / "outputs" / "quick" / "model_and_optimizer.pth"
+    assert quick.parent.is_dir() and full.parent.is_dir()  # created on first use
+
+
+def test_save_figure_writes_a_png_and_closes_the_figure(tmp_path):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    path = plumbing.save_figure(fig, tmp_path / "line.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    assert not plt.fignum_exists(fig.number)
