@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import openai_variables, write_openai_checkpoint
 
 import gpt_download
 from gpt_download import download_and_load_gpt2, load_gpt2_params_from_tf_ckpt
@@ -21,47 +22,6 @@ from v_load_gpt2_weights import (BASE_CONFIG, assign, gpt2_config, gpt2_model_na
 
 TINY_HPARAMS = {"n_vocab": 64, "n_ctx": 16, "n_embd": 32, "n_head": 2, "n_layer": 2}
 TOLERANCE = 1e-4  # max abs difference of the logits from transformers'
-
-
-def openai_variables(hparams, seed=123):
-    """Random weights with the names and shapes of OpenAI's checkpoints (conv1d weights [1, nx, nf])."""
-    rng = np.random.default_rng(seed)
-    nx = hparams["n_embd"]
-
-    def rand(*shape, mean=0.0):
-        return (mean + 0.2 * rng.standard_normal(shape)).astype(np.float32)
-
-    variables = {"model/wte": rand(hparams["n_vocab"], nx), "model/wpe": rand(hparams["n_ctx"], nx),
-                 "model/ln_f/g": rand(nx, mean=1.0), "model/ln_f/b": rand(nx)}
-    for i in range(hparams["n_layer"]):
-        h = f"model/h{i}/"
-        variables.update({
-            h + "ln_1/g": rand(nx, mean=1.0), h + "ln_1/b": rand(nx),
-            h + "attn/c_attn/w": rand(1, nx, 3 * nx), h + "attn/c_attn/b": rand(3 * nx),
-            h + "attn/c_proj/w": rand(1, nx, nx), h + "attn/c_proj/b": rand(nx),
-            h + "ln_2/g": rand(nx, mean=1.0), h + "ln_2/b": rand(nx),
-            h + "mlp/c_fc/w": rand(1, nx, 4 * nx), h + "mlp/c_fc/b": rand(4 * nx),
-            h + "mlp/c_proj/w": rand(1, 4 * nx, nx), h + "mlp/c_proj/b": rand(nx)})
-    return variables
-
-
-def write_openai_checkpoint(model_dir, hparams, variables):
-    """Write the seven files of OpenAI's release: a TF1 Saver checkpoint (checkpoint,
-    model.ckpt.index/.data-00000-of-00001/.meta), hparams.json, and stand-ins for the tokenizer
-    files (encoder.json, vocab.bpe), which loading does not read."""
-    tf = pytest.importorskip("tensorflow")
-    model_dir.mkdir(parents=True, exist_ok=True)
-    with tf.Graph().as_default():
-        for name, value in variables.items():
-            tf.compat.v1.get_variable(name, initializer=value)
-        saver = tf.compat.v1.train.Saver(save_relative_paths=True)  # OpenAI's "checkpoint" file is relative
-        with tf.compat.v1.Session() as session:
-            session.run(tf.compat.v1.global_variables_initializer())
-            saver.save(session, str(model_dir / "model.ckpt"))
-    (model_dir / "hparams.json").write_text(json.dumps(hparams, indent=2), encoding="utf-8")
-    (model_dir / "encoder.json").write_text('{"!": 0}', encoding="utf-8")
-    (model_dir / "vocab.bpe").write_text("#version: 0.2\n", encoding="utf-8")
-    return model_dir
 
 
 def hf_state_dict(variables, prefix="transformer."):
@@ -94,7 +54,8 @@ def hf_gpt2(variables, hparams):
 
 
 def max_logit_difference(gpt, hf_model, hparams):
-    idx = torch.randint(0, hparams["n_vocab"], (2, hparams["n_ctx"]), generator=torch.Generator().manual_seed(123))
+    idx = torch.randint(0, hparams["n_vocab"], (2, hparams["n_ctx"]),
+                        generator=torch.Generator().manual_seed(123))
     with torch.no_grad():
         return (gpt.eval()(idx) - hf_model(idx).logits).abs().max().item()
 
@@ -114,7 +75,8 @@ def expected_params(variables):
         value = variables[f"{prefix}/{weight}"]
         return {weight: value[0] if value.ndim == 3 else value, "b": variables[f"{prefix}/b"]}
 
-    blocks = [{"attn": {"c_attn": layer(f"model/h{i}/attn/c_attn"), "c_proj": layer(f"model/h{i}/attn/c_proj")},
+    blocks = [{"attn": {"c_attn": layer(f"model/h{i}/attn/c_attn"),
+                        "c_proj": layer(f"model/h{i}/attn/c_proj")},
                "ln_1": layer(f"model/h{i}/ln_1", "g"), "ln_2": layer(f"model/h{i}/ln_2", "g"),
                "mlp": {"c_fc": layer(f"model/h{i}/mlp/c_fc"), "c_proj": layer(f"model/h{i}/mlp/c_proj")}}
               for i in range(TINY_HPARAMS["n_layer"])]
@@ -186,7 +148,8 @@ def test_tf_weights_in_gptmodel_equal_transformers_gpt2(tiny, capsys):
     assert settings == TINY_HPARAMS
     cfg = gpt2_config("124M", settings)
     assert "not the published gpt2-small (124M)" in capsys.readouterr().out  # says it, not silently
-    assert cfg == {**BASE_CONFIG, "vocab_size": 64, "context_length": 16, "emb_dim": 32, "n_heads": 2, "n_layers": 2}
+    assert cfg == {**BASE_CONFIG, "vocab_size": 64, "context_length": 16, "emb_dim": 32, "n_heads": 2,
+                   "n_layers": 2}
 
     gpt = gpt_model_from_params(cfg, params)
     assert max_logit_difference(gpt, tiny.hf_model, TINY_HPARAMS) <= TOLERANCE
@@ -257,7 +220,8 @@ def serve_openai_release(local_server, model_dir, prefix, missing=(), truncated=
     for name in gpt_download.GPT2_FILES:
         if name not in missing:
             body = (model_dir / name).read_bytes()
-            local_server.add(f"{prefix}/124M/{name}", body, truncate_at=len(body) // 2 if name in truncated else None)
+            local_server.add(f"{prefix}/124M/{name}", body,
+                             truncate_at=len(body) // 2 if name in truncated else None)
 
 
 def test_download_tf_files_with_the_backup_taking_over(tiny, local_server, monkeypatch, tmp_path):
@@ -285,7 +249,8 @@ def test_download_tf_files_with_the_backup_taking_over(tiny, local_server, monke
 def test_download_safetensors_from_the_hub_url(tiny, local_server, monkeypatch, tmp_path):
     tiny.hf_model.save_pretrained(tmp_path / "hub")
     for name in gpt_download.HF_FILES:
-        local_server.add(f"/openai-community/gpt2-medium/resolve/main/{name}", (tmp_path / "hub" / name).read_bytes())
+        local_server.add(f"/openai-community/gpt2-medium/resolve/main/{name}",
+                         (tmp_path / "hub" / name).read_bytes())
     monkeypatch.setattr(gpt_download, "HF_URL", local_server.base_url + "/openai-community")
     settings, params = download_and_load_gpt2("355M", tmp_path / "gpt2", source="safetensors")
     assert settings == TINY_HPARAMS
@@ -334,7 +299,8 @@ def test_assign_names_the_tensor_whose_shape_differs():
     with pytest.raises(ValueError, match=r"trf_blocks\[3\]\.att\.W_query\.weight.*\(4, 8\).*\(8, 4\)"):
         assign(left, np.zeros((8, 4), dtype=np.float32), "trf_blocks[3].att.W_query.weight")
     new = assign(left, np.ones((4, 8), dtype=np.float32), "x")
-    assert isinstance(new, torch.nn.Parameter) and new.dtype == torch.float32 and torch.equal(new, torch.ones(4, 8))
+    assert isinstance(new, torch.nn.Parameter) and new.dtype == torch.float32
+    assert torch.equal(new, torch.ones(4, 8))
 
 
 def test_load_weights_into_a_model_of_another_size_fails_clearly(tiny):
@@ -366,7 +332,8 @@ def test_starting_point_gpt2_from_the_models_dir(tiny):
 
 def test_starting_point_init_from_a_checkpoint_of_u(tmp_path, capsys):
     # GPT-2's vocabulary: --init-from takes only models that read GPT-2's token ids
-    cfg = {**BASE_CONFIG, "vocab_size": 50257, "context_length": 8, "emb_dim": 16, "n_heads": 2, "n_layers": 1}
+    cfg = {**BASE_CONFIG, "vocab_size": 50257, "context_length": 8, "emb_dim": 16, "n_heads": 2,
+           "n_layers": 1}
     torch.manual_seed(123)
     trained = GPTModel(cfg).eval()
     path = save_checkpoint(tmp_path / "model_and_optimizer.pth", trained, cfg)
