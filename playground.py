@@ -14,14 +14,17 @@ address it prints. It listens on 127.0.0.1 only (this computer) unless --host is
 
 import argparse
 import codecs
+import itertools
+import json
 import logging
 import math
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from flask import Flask, Response, json, jsonify, request
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
@@ -33,7 +36,6 @@ from playground_models import (
     model_prompt,
     model_sources,
     prompt_ids,
-    token_bytes,
     token_label,
     tokenizer_kind,
 )
@@ -99,8 +101,9 @@ def token_event(loaded, step, token_id, piece, logits, temperature, top_k):
     shown = torch.topk(before, min(NUM_CANDIDATES, before.shape[0])).indices.tolist()
     if token_id not in shown:  # a sampled token from far down the list
         shown.append(token_id)
-    candidates = [{"id": i, "label": token_label(loaded.tokenizer, i), "before": before[i].item(),
-                   "after": after[i].item(), "rank": int((before > before[i]).sum()) + 1} for i in shown]
+    candidates = [{"id": i, "label": token_label(loaded.tokenizer, i), "before": round(before[i].item(), 6),
+                   "after": round(after[i].item(), 6), "rank": int((before > before[i]).sum()) + 1}
+                  for i in shown]
     return {"type": "token", "step": step, "id": token_id, "text": piece,
             "label": token_label(loaded.tokenizer, token_id), "candidates": candidates}
 
@@ -116,7 +119,7 @@ def generation_events(loaded, ids, settings):
     for count, (token_id, logits) in enumerate(generate_stream(
             loaded.model, idx, max_new_tokens, loaded.cfg["context_length"], temperature, top_k,
             eos_id, use_cache=True), start=1):
-        piece = decoder.decode(token_bytes(loaded.tokenizer, [token_id]))
+        piece = decoder.decode(loaded.tokenizer.decode_bytes([token_id]))
         yield token_event(loaded, count, token_id, piece, logits, temperature, top_k)
     yield {"type": "end", "tokens": count, "seconds": round(time.perf_counter() - started, 3),
            "reason": "endoftext" if count < max_new_tokens else "max_new_tokens",
@@ -157,6 +160,15 @@ class Playground:
     def take_turn(self):
         if not self.lock.acquire(blocking=False):
             raise PageError(BUSY, status=429)
+
+    @contextmanager
+    def turn(self):
+        """Hold the model for one request; a second request meanwhile is refused with BUSY."""
+        self.take_turn()
+        try:
+            yield
+        finally:
+            self.lock.release()
 
 
 WRONG_KIND = {
@@ -230,11 +242,8 @@ def create_app(playground):
 
     @app.post("/api/model")
     def open_model():
-        playground.take_turn()
-        try:
+        with playground.turn():
             return jsonify(model_info(playground.open(str(body().get("name", "")))))
-        finally:
-            playground.lock.release()
 
     @app.post("/api/tokens")
     def tokens():
@@ -249,52 +258,45 @@ def create_app(playground):
     def generate_route():
         data = body()
         task = "chat" if data.get("mode") == "chat" else "generate"
-        loaded = playground.model(("instruct",) if task == "chat" else ("lm", "instruct"), task)
-        settings = sampling_settings(data)
-        text = model_prompt(loaded, str(data.get("prompt", "")))
-        ids = prompt_ids(loaded, text)
-        playground.take_turn()
+        playground.take_turn()  # given back when the stream ends (ndjson) or here on a bad request
+        try:
+            loaded = playground.model(("instruct",) if task == "chat" else ("lm", "instruct"), task)
+            settings = sampling_settings(data)
+            text = model_prompt(loaded, str(data.get("prompt", "")))
+            ids = prompt_ids(loaded, text)
+        except Exception:
+            playground.lock.release()
+            raise
         start = {"type": "start", "prompt": text, "prompt_tokens": len(ids)}
         events = generation_events(loaded, ids, settings)
-        return ndjson(_chain([start], events), playground.lock.release)
+        return ndjson(itertools.chain([start], events), playground.lock.release)
 
     @app.post("/api/attention")
     def attention():
         data = body()
-        loaded = playground.model()
-        n_layers, n_heads = loaded.cfg["n_layers"], loaded.cfg["n_heads"]
-        layer, head = read_number(data, "layer", 0, whole=True), read_number(data, "head", 0, whole=True)
-        if not (0 <= layer < n_layers and 0 <= head < n_heads):
-            raise PageError(f"this model has layers 0 to {n_layers - 1} and heads 0 to {n_heads - 1}; "
-                            f"got layer {layer}, head {head}")
-        ids = prompt_ids(loaded, model_prompt(loaded, str(data.get("prompt", ""))))
-        playground.take_turn()
-        try:
+        with playground.turn():
+            loaded = playground.model()
+            n_layers, n_heads = loaded.cfg["n_layers"], loaded.cfg["n_heads"]
+            layer, head = read_number(data, "layer", 0, whole=True), read_number(data, "head", 0, whole=True)
+            if not (0 <= layer < n_layers and 0 <= head < n_heads):
+                raise PageError(f"this model has layers 0 to {n_layers - 1} and heads 0 to {n_heads - 1}; "
+                                f"got layer {layer}, head {head}")
+            ids = prompt_ids(loaded, model_prompt(loaded, str(data.get("prompt", ""))))
             weights = attention_weights(loaded.model, torch.tensor([ids], device=loaded.device), layer)
-        finally:
-            playground.lock.release()
         labels = [token_label(loaded.tokenizer, i) for i in ids]
         return jsonify(layer=layer, head=head, ids=ids, labels=labels,
                        weights=[[round(w, 5) for w in row] for row in weights[head].tolist()])
 
     @app.post("/api/classify")
     def classify():
-        loaded = playground.model(("classifier",), "classify")
         text = str(body().get("text", ""))
-        if not text.strip():
-            raise PageError("type a message to classify")
-        playground.take_turn()
-        try:
+        with playground.turn():
+            loaded = playground.model(("classifier",), "classify")
+            if not text.strip():
+                raise PageError("type a message to classify")
             return jsonify(classify_text(loaded, text))
-        finally:
-            playground.lock.release()
 
     return app
-
-
-def _chain(first, rest):
-    yield from first
-    yield from rest
 
 
 def classify_text(loaded, text):
@@ -328,7 +330,7 @@ def serve(app, host, port):
         server.server_close()
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--checkpoint", nargs="+", metavar="PATH",
@@ -346,7 +348,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error("--port must be from 0 to 65535")
+    return args
 
+
+def main(argv=None):
+    args = parse_args(argv)
     playground = Playground(model_sources(args, get_device(args.device)))
     first = next(iter(playground.sources))
     try:

@@ -41,9 +41,10 @@ class PlaygroundModel:
 
 # ---- opening the models ----
 
-def open_checkpoint(path, device):
+def open_checkpoint(path, device, name=None):
     """Any checkpoint the series saves: chapter 5's, own-text ones (their tokenizer is inside),
-    chapter 7's instruction model, chapter 6's classifier."""
+    chapter 7's instruction model, chapter 6's classifier. `name` (default: the file's) labels it."""
+    name = name or Path(path).name
     checkpoint = load_checkpoint(path)
     if not isinstance(checkpoint.get("config"), dict):
         raise ScriptError(f"{path} holds no model config; it was not written by this project's "
@@ -53,12 +54,12 @@ def open_checkpoint(path, device):
         max_length = checkpoint.get("max_length")
         del checkpoint  # the loaders read the file again: do not hold two copies of the weights
         model, cfg = load_classifier(path, device)
-        return PlaygroundModel(Path(path).name, "classifier", model, cfg, tokenizer, max_length)
+        return PlaygroundModel(name, "classifier", model, cfg, tokenizer, max_length)
     check_can_generate(checkpoint, path)
     kind = "instruct" if uses_alpaca_prompt(checkpoint, path, "auto") else "lm"
     del checkpoint
     model, cfg = model_from_checkpoint(path, device)
-    return PlaygroundModel(Path(path).name, kind, model, cfg, tokenizer)
+    return PlaygroundModel(name, kind, model, cfg, tokenizer)
 
 
 def model_sources(args, device):
@@ -74,22 +75,17 @@ def model_sources(args, device):
         if not path.is_file():
             raise ScriptError(f"no checkpoint at {path}; check the path given to --checkpoint")
         name = path.name if path.name not in sources else str(path)
-        sources[name] = lambda path=path, name=name: _renamed(open_checkpoint(path, device), name)
+        sources[name] = lambda path=path, name=name: open_checkpoint(path, device, name)
     if args.gpt2:
         def open_gpt2():
             settings, params = fetch_gpt2_params(args.model, args.weights, args.models_dir)
             cfg = gpt2_config(args.model, settings)
             model = gpt_model_from_params(cfg, params).to(device).eval()
-            return PlaygroundModel(f"GPT-2 {args.model}", "lm", model, cfg, get_gpt2_tokenizer())
-        sources[f"GPT-2 {args.model}"] = open_gpt2
+            return PlaygroundModel(args.model, "lm", model, cfg, get_gpt2_tokenizer())
+        sources[args.model] = open_gpt2
     if args.quick:
         sources.update(quick_sources(device))
     return sources
-
-
-def _renamed(loaded, name):
-    loaded.name = name
-    return loaded
 
 
 def quick_sources(device):
@@ -125,19 +121,9 @@ def tokenizer_kind(tokenizer):
                                                                        type(tokenizer).__name__)
 
 
-def token_bytes(tokenizer, ids):
-    if hasattr(tokenizer, "decode_bytes"):
-        return tokenizer.decode_bytes(ids)
-    return tokenizer.decode(ids).encode("utf-8")
-
-
 def token_label(tokenizer, token_id):
-    """A token as text; a token that holds only part of a character shows its bytes, like \\xe2\\x80."""
-    raw = token_bytes(tokenizer, [token_id])
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return "".join(f"\\x{byte:02x}" for byte in raw)
+    """A token as text; the bytes of a character split across tokens show as \\xf0, \\x9f, ..."""
+    return tokenizer.decode_bytes([token_id]).decode("utf-8", errors="backslashreplace")
 
 
 def model_prompt(loaded, text):
@@ -155,5 +141,5 @@ def prompt_ids(loaded, text):
     context_length = loaded.cfg["context_length"]
     if len(ids) > context_length:
         raise ScriptError(f"the prompt has {len(ids)} tokens but this model reads at most {context_length} "
-                        "(its context length); shorten the prompt")
+                          "(its context length); shorten the prompt")
     return ids

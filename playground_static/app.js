@@ -165,7 +165,7 @@ function tokenSpan(event) {
   state.steps[event.step] = event;
   const span = document.createElement("span");
   span.className = "tok" + (event.text ? "" : " partial");
-  span.textContent = event.text || event.label;
+  span.textContent = (event.text || event.label).replace(/\n/g, "\u21b5\n");  // a visible line break
   span.dataset.step = event.step;
   span.title = `token ${event.step}: id ${event.id}`;
   span.addEventListener("mouseenter", () => showCandidates(event.step));

@@ -12,7 +12,7 @@ from fast_attention import FastMultiHeadAttention
 from look_inside import attention_weights, book_attention, generate_stream, next_token_distributions
 from m_efficient_multi_head_attention import MultiHeadAttention
 from own_tokenizers import CharTokenizer, tokenizer_to_dict
-from playground_models import open_checkpoint
+from playground_models import model_sources, open_checkpoint, token_label
 from plumbing import ScriptError
 from s_gpt_model import GPTModel
 from u_pretraining import generate
@@ -150,6 +150,30 @@ def test_each_kind_of_checkpoint_opens_with_its_tokenizer_and_prompt_style(tmp_p
     assert kinds["tiny-classifier.pth"].model.out_head.out_features == 2
 
 
+def test_quick_offers_a_tiny_random_model_of_each_kind(gpt2_tokenizer):
+    sources = model_sources(playground.parse_args(["--quick"]), "cpu")
+    assert list(sources) == ["quick: tiny random GPT", "quick: tiny random instruction model",
+                             "quick: tiny random spam classifier"]
+    kinds = [sources[name]() for name in sources]
+    assert [loaded.kind for loaded in kinds] == ["lm", "instruct", "classifier"]
+    assert kinds[2].model.out_head.out_features == 2
+    assert kinds[0].tokenizer.encode("Every effort") == gpt2_tokenizer.encode("Every effort")
+
+
+def test_gpt2_placed_by_hand_opens_with_transformers_logits(tmp_path, gpt2_tokenizer):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_embd=8, n_layer=1, n_head=2, n_positions=16)
+    reference = transformers.GPT2LMHeadModel(config).eval()
+    reference.save_pretrained(tmp_path / "124M")  # config.json + model.safetensors, as on the Hub
+    args = playground.parse_args(["--gpt2", "--weights", "safetensors", "--models-dir", str(tmp_path)])
+    loaded = model_sources(args, "cpu")["gpt2-small (124M)"]()
+    assert loaded.kind == "lm" and playground.tokenizer_kind(loaded.tokenizer) == "GPT-2 BPE"
+    idx = torch.tensor([gpt2_tokenizer.encode("Every effort moves you")])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(idx), reference(idx).logits, atol=1e-4, rtol=1e-4)
+
+
 # ---- the handlers ----
 
 def test_models_lists_the_checkpoints_and_describes_the_open_one(client):
@@ -252,6 +276,12 @@ def test_tokens_shows_each_token_with_its_id(client):
     assert data["ids"] == TOKENIZER.encode("fox!?") and data["ids"][-1] == TOKENIZER.unk_token
     assert data["labels"] == ["f", "o", "x", "!", "<|unk|>"]
     assert data["tokenizer"] == "character"
+
+
+def test_a_token_that_holds_part_of_a_character_shows_its_bytes(gpt2_tokenizer):
+    ids = gpt2_tokenizer.encode("h\u00e9llo \U0001f917")  # the emoji's four bytes span three tokens
+    labels = [token_label(gpt2_tokenizer, i) for i in ids]
+    assert labels == ["h", "\u00e9", "llo", " \\xf0\\x9f", "\\xa4", "\\x97"]
 
 
 def test_attention_handler_returns_the_chosen_layer_and_head(client):
