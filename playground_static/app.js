@@ -363,6 +363,8 @@ $("model-select").addEventListener("change", () => run(async () => {
     throw error;
   }
 }));
+// Pointing at tokens previews their steps; leaving the text shows the clicked one again.
+$("generated").addEventListener("mouseleave", () => state.pinned !== null && showCandidates(state.pinned));
 $("generate-button").addEventListener("click", () => run(generate));
 $("stop-button").addEventListener("click", () => state.abort && state.abort.abort());
 $("tokens-button").addEventListener("click", () => run(showTokens));
