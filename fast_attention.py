@@ -198,6 +198,18 @@ def new_kv_cache(model, batch_size, max_len=None):
     return caches
 
 
+def lay_out_weights_for_decoding(model):
+    """Store every nn.Linear weight of `model` transposed in memory: the same values, shape, names
+    and state dict, in the layout transformers' Conv1D keeps GPT-2's weights (inputs by outputs).
+    One new token multiplies a vector by each matrix and is bound by reading the matrices; CPU BLAS
+    reads this layout faster (about 1.1-1.7x here) than nn.Linear's (outputs by inputs), while
+    training and longer inputs run at the same speed in either. Returns the model."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            module.weight.data = module.weight.data.t().contiguous().t()
+    return model
+
+
 class CachedNextTokenLogits:
     """Gives what model(idx[:, -context_size:])[:, -1, :] gives, but keeps the keys and values of
     the tokens it has seen, so each call only runs the tokens added since the last call.

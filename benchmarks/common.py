@@ -13,7 +13,8 @@ import torch
 REPO_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_DIR))  # the lettered scripts are imported as modules
 
-from plumbing import get_device  # noqa: E402  (needs the path above)
+from fast_pretraining import fast_autocast_dtype  # noqa: E402  (needs the path above)
+from plumbing import get_device  # noqa: E402
 
 
 def synchronize(device):
@@ -49,18 +50,63 @@ def load_average():
         return float("nan")
 
 
+def cpu_info(field):
+    """A field of /proc/cpuinfo's first processor ("model name", "flags"), or "" where there is none."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as file:
+            return next(line.split(":", 1)[1].strip() for line in file if line.startswith(field))
+    except (OSError, StopIteration):
+        return ""
+
+
+def cpu_features():
+    """What decides the CPU's speed here: PyTorch's kernel level, and whether bfloat16 is native."""
+    flags = set(cpu_info("flags").split())
+    shown = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags]
+    native_bf16 = fast_autocast_dtype(torch.device("cpu")) is not None
+    return (f"kernels {torch.backends.cpu.get_cpu_capability()}, flags {' '.join(shown) or 'none listed'}, "
+            f"native bfloat16 {'yes' if native_bf16 else 'no'}")
+
+
 def describe_machine(device):
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8") as file:
-                name = next(line.split(":", 1)[1].strip() for line in file if line.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
+        name = f"{cpu_info('model name') or platform.processor() or platform.machine()}; {cpu_features()}"
     return (f"device {device} ({name}), {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch "
             f"threads, torch {torch.__version__}, load average {load_average():.2f}")
+
+
+def load_line():
+    return f"(load average now {load_average():.2f})"
+
+
+def best_seconds(fn, device, repeats=3):
+    """The fastest of `repeats` timed calls after one untimed one: a machine's peak is its best run."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def matmul_peak_flops(device, dtype=torch.float32, n=None):
+    """FLOP/s of one large square torch.mm in `dtype`: the most this machine's matmuls give."""
+    n = n or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n ** 3 / best_seconds(lambda: torch.mm(a, b), device)
+
+
+def copy_bandwidth(device, megabytes=512):
+    """Bytes/s read plus written by copying one large tensor: the memory bandwidth a run can use."""
+    src = torch.ones(megabytes * 2 ** 20 // 4, device=device)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 4 / best_seconds(lambda: dst.copy_(src), device)
 
 
 def add_common_args(parser):

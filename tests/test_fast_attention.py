@@ -15,6 +15,7 @@ from fast_attention import (
     FastLayerNorm,
     FastMultiHeadAttention,
     KVCache,
+    lay_out_weights_for_decoding,
     new_kv_cache,
 )
 from m_efficient_multi_head_attention import MultiHeadAttention
@@ -201,6 +202,23 @@ def test_feeding_tokens_in_chunks_through_the_cache_gives_the_full_forward_logit
     assert kv_cache[0].keys.data_ptr() == keys_storage  # written in place, never reallocated
     with pytest.raises(ValueError, match="the input has 13 tokens but the model's context_length is 12"):
         model(idx[:, :2], kv_cache=kv_cache)
+
+
+def test_weights_laid_out_for_decoding_keep_their_values_ids_and_checkpoints():
+    torch.manual_seed(123)
+    book = GPTModel(TOKEN_CFG).eval()
+    fast = GPTModel({**TOKEN_CFG, "attention": "fast", "fast_layers": True}).eval()
+    fast.load_state_dict(book.state_dict())
+    lay_out_weights_for_decoding(fast)
+    weight = fast.trf_blocks[0].ff.layers[0].weight
+    emb_dim = TOKEN_CFG["emb_dim"]
+    assert weight.shape == (4 * emb_dim, emb_dim) and weight.stride() == (1, 4 * emb_dim)
+    assert torch.equal(fast.out_head.weight, book.out_head.weight)
+    idx = torch.tensor([[3, 1, 4]])
+    assert torch.equal(u.generate(fast, idx, 8, TOKEN_CFG["context_length"], use_cache=True),
+                       u.generate(book, idx, 8, TOKEN_CFG["context_length"]))
+    book.load_state_dict(fast.state_dict(), strict=False)  # the fused W_qkv aside, the book's names
+    assert torch.equal(book.out_head.weight, fast.out_head.weight)
 
 
 def test_kv_cache_refuses_to_overflow():
