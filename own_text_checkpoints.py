@@ -33,7 +33,8 @@ class Run:
 
 def new_train_state():
     return {"global_step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens_seen": 0, "step_losses": [],
-            "train_losses": [], "val_losses": [], "track_tokens_seen": [], "eval_steps": []}
+            "train_losses": [], "val_losses": [], "track_tokens_seen": [], "eval_steps": [],
+            "best_val_loss": None, "best_step": None}
 
 
 def rng_states(device):
@@ -62,6 +63,17 @@ def write_checkpoint(run):
         raise ScriptError(f"{error} (it holds step {run.saved_step}: continue with python train_own_text.py "
                           f"--resume --checkpoint {run.path})") from error
     run.saved_step = run.state["global_step"]
+
+
+def best_path(checkpoint_path):
+    return checkpoint_path.with_name(checkpoint_path.stem + "-best.pth")
+
+
+def write_best_checkpoint(run):
+    """The model with the lowest validation loss so far, in the series' format (generate_text.py and
+    --init-from read it), with its step and loss; without the optimizer, which only --resume needs."""
+    save_checkpoint(best_path(run.path), run.model, run.cfg, tokenizer=tokenizer_to_dict(run.tokenizer),
+                    best={"step": run.state["best_step"], "val_loss": run.state["best_val_loss"]})
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from d_tokenizer import get_gpt2_tokenizer
 from e_data_preparation import GPTDatasetV1
-from own_tokenizers import ENDOFTEXT, BPETokenizer, CharTokenizer, load_tokenizer
+from own_tokenizers import ENDOFTEXT, BPETokenizer, CharTokenizer, WordTokenizer, load_tokenizer
 from plumbing import DATA_DIR, ScriptError, download_file
 
 # tiny-shakespeare: 1.1 MB of Shakespeare's plays in one file (karpathy/char-rnn).
@@ -55,14 +55,16 @@ def read_text(path):
     return ENDOFTEXT.join(texts)  # the documents' boundaries stay visible to the model
 
 
-def load_training_text(data, train_ratio):
-    """(train_text, val_text, description) for --data: a path, 'shakespeare' or 'wikitext2'."""
+def load_training_text(data, train_ratio, data_dir=None):
+    """(train_text, val_text, description) for --data: a path, 'shakespeare' or 'wikitext2' (which
+    are downloaded to data_dir, by default DATA_DIR)."""
+    data_dir = Path(data_dir) if data_dir else DATA_DIR
     if data == "shakespeare":
-        path = download_file(SHAKESPEARE_URL, DATA_DIR / "tinyshakespeare" / "input.txt",
+        path = download_file(SHAKESPEARE_URL, data_dir / "tinyshakespeare" / "input.txt",
                              expected_sha256=SHAKESPEARE_SHA256)
         text, description = read_text(path), f"tiny-shakespeare ({path})"
     elif data == "wikitext2":
-        folder = DATA_DIR / "wikitext-2"
+        folder = data_dir / "wikitext-2"
         paths = {name: download_file(WIKITEXT2_URL.format(name), folder / name, expected_sha256=sha256)
                  for name, sha256 in WIKITEXT2_SHA256.items()}
         # WikiText-2 comes split: train on train.txt, validate on valid.txt.
@@ -74,14 +76,27 @@ def load_training_text(data, train_ratio):
     return text[:split_idx], text[split_idx:], description
 
 
-def build_tokenizer(kind, train_text, bpe_merges=1000, bpe_path=None):
+def build_tokenizer(kind, train_text, bpe_merges=1000, bpe_path=None, vocab_size=None):
     """The tokenizer that train_own_text.py's --tokenizer names, made from the training text."""
+    if vocab_size is not None and (kind in ("gpt2", "char") or bpe_path):
+        raise ScriptError(f"--vocab-size sets the vocabulary of --tokenizer word or bpe; "
+                          f"{'a loaded --bpe-path' if bpe_path else kind} has its own")
     if kind == "gpt2":
         return get_gpt2_tokenizer()
     if kind == "char":
         return CharTokenizer.from_text(train_text)
+    if kind == "word":
+        if vocab_size is not None and vocab_size < 3:
+            raise ScriptError("--vocab-size for --tokenizer word must be at least 3: one word, "
+                              "<|endoftext|> and <|unk|>")
+        return WordTokenizer.from_text(train_text, vocab_size)
     if bpe_path:
         return load_tokenizer(bpe_path)
+    if vocab_size is not None:
+        bpe_merges = vocab_size - 257  # 256 byte tokens and <|endoftext|> are there without merges
+        if bpe_merges < 1:
+            raise ScriptError("--vocab-size for --tokenizer bpe must be at least 258: 256 bytes, one "
+                              "merge and <|endoftext|>")
     print(f"Training a byte-level BPE with {bpe_merges} merges on the training text")
     start = time.perf_counter()
     tokenizer = BPETokenizer.train(train_text, bpe_merges, progress=True)

@@ -40,10 +40,12 @@ class GELU(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, cfg):
         super().__init__()
+        # Beyond the book: an optional config key "d_ff" sets the width (train_own_text.py --d-ff).
+        d_ff = cfg.get("d_ff", 4 * cfg["emb_dim"])
         self.layers = nn.Sequential(
-            nn.Linear(cfg["emb_dim"], 4 * cfg["emb_dim"]),  # expand 4x ...
+            nn.Linear(cfg["emb_dim"], d_ff),  # expand (4x in the book) ...
             GELU(),
-            nn.Linear(4 * cfg["emb_dim"], cfg["emb_dim"]),  # ... and project back
+            nn.Linear(d_ff, cfg["emb_dim"]),  # ... and project back
         )
 
     def forward(self, x):

@@ -24,13 +24,13 @@ from torch.utils.data import Subset
 from appendix_d import lr_at_step
 from checkpoints import load_checkpoint
 from fast_pretraining import make_adamw
-from own_text_checkpoints import (Run, checkpoint_lock, new_train_state, plot_path, set_rng_states,
-                                  write_checkpoint)
+from own_text_checkpoints import (Run, best_path, checkpoint_lock, new_train_state, plot_path, set_rng_states,
+                                  write_best_checkpoint, write_checkpoint)
 from own_text_data import build_tokenizer, epoch_order, load_training_text, loader, make_datasets, text_digest
-from own_tokenizers import save_tokenizer, tokenizer_from_dict
+from own_tokenizers import ENDOFTEXT, save_tokenizer, tokenizer_from_dict
 from plumbing import OUTPUTS_DIR, ScriptError, add_device_arg, get_device, positive_int, run_main
 from s_gpt_model import GPTModel
-from u_pretraining import calc_loss_batch, evaluate_model, generate_and_print_sample, plot_losses
+from u_pretraining import calc_loss_batch, evaluate_model, generate, generate_and_print_sample, plot_losses
 
 # A small GPT (3.2M parameters with the char tokenizer) that a laptop CPU can train. vocab_size
 # comes from the tokenizer. GPT-2 124M is {"context_length": 1024, "emb_dim": 768, "n_heads": 12,
@@ -47,6 +47,7 @@ MODEL_CONFIG = {
 TRAIN_SETTINGS = {
     "data": "shakespeare",    # see --data
     "tokenizer": "char",      # see --tokenizer
+    "vocab_size": None,       # word and bpe: the vocabulary size; None: every word, or bpe_merges merges
     "bpe_merges": 1000,
     "bpe_path": None,
     "train_ratio": 0.90,      # one text (file, folder, shakespeare): the first 90% trains, the rest validates
@@ -73,6 +74,8 @@ QUICK_MAX_CHARS = 100_000  # --quick trains on the start of the text only
 
 DEFAULT_CHECKPOINT = "own_text.pth"  # under outputs/
 RESUME_HINT = "python train_own_text.py without --resume starts a run that writes it"
+SAMPLE_TOKENS = 100  # every run ends with a sample this long (--sample-tokens) ...
+SAMPLING = {"temperature": 0.8, "top_k": 50}  # ... drawn as generate_text.py draws by default
 
 # ---- the options: every flag once ----
 
@@ -84,9 +87,11 @@ Option = namedtuple("Option", "flag kind key help")
 OPTIONS = (
     Option("--data", str, "settings.data", "a .txt file, a folder of .txt files, 'shakespeare' "
            "(tiny-shakespeare, downloaded) or 'wikitext2' (WikiText-2, downloaded)"),
-    Option("--tokenizer", ("gpt2", "char", "bpe"), "settings.tokenizer", "gpt2: tiktoken's GPT-2 BPE; "
-           "char: one token per character of the training text; bpe: a byte-level BPE trained on the "
-           "training text"),
+    Option("--tokenizer", ("gpt2", "char", "word", "bpe"), "settings.tokenizer", "gpt2: tiktoken's GPT-2 "
+           "BPE; char: one token per character of the training text; word: chapter 2's words and "
+           "punctuation, unknown ones <|unk|>; bpe: a byte-level BPE trained on the training text"),
+    Option("--vocab-size", positive_int, "settings.vocab_size", "word: keep the N - 2 most frequent words "
+           "(+ <|endoftext|>, <|unk|>); bpe: learn N - 257 merges (256 bytes + merges + <|endoftext|>)"),
     Option("--bpe-merges", positive_int, "settings.bpe_merges", "merges to learn for --tokenizer bpe"),
     Option("--bpe-path", str, "settings.bpe_path", "use this tokenizer JSON (own_tokenizers.py --save, or "
            "a run's *-tokenizer.json) instead of training one"),
@@ -104,13 +109,23 @@ OPTIONS = (
     Option("--emb-dim", positive_int, "cfg.emb_dim", "embedding width"),
     Option("--n-layers", positive_int, "cfg.n_layers", "transformer blocks"),
     Option("--n-heads", positive_int, "cfg.n_heads", "attention heads (they divide --emb-dim)"),
+    Option("--d-ff", positive_int, "cfg.d_ff", "feed-forward width (default 4 x --emb-dim)"),
     Option("--drop-rate", float, "cfg.drop_rate", "dropout rate"),
     Option("--start-context", str, "settings.start_context", "text to continue in the samples printed "
            "after each epoch (default: the first 20 characters of the training text)"),
     Option("--quick", "flag", "settings.quick", "a tiny model for 20 steps on the start of the text, to "
            "check that all runs"),
     Option("--checkpoint", str, None, f"checkpoint to write, or with --resume to continue "
-           f"(default outputs/{DEFAULT_CHECKPOINT})"),
+           f"(default outputs/{DEFAULT_CHECKPOINT}); beside it go <name>-best.pth (the lowest validation "
+           "loss), <name>-tokenizer.json and <name>-losses.png"),
+    Option("--checkpoint-dir", str, None, "folder of --checkpoint when that is a bare name or not given "
+           "(default outputs/, or $LLM_OUTPUTS_DIR)"),
+    Option("--data-dir", str, None, "where 'shakespeare' and 'wikitext2' are downloaded to and read from "
+           "(default data/, or $LLM_DATA_DIR)"),
+    Option("--prompt", str, None, "text that the sample at the end of the run continues (default: the "
+           "start context)"),
+    Option("--sample-tokens", positive_int, None, f"length of that sample in tokens (default "
+           f"{SAMPLE_TOKENS})"),
     Option("--resume", "flag", None, "continue the run saved in --checkpoint; its settings come from "
            "the checkpoint"),
     Option("--overwrite", "flag", None, "start a new run over an existing checkpoint"),
@@ -128,6 +143,8 @@ def default_text(key):
     """' (default X; --quick Y)' from the dicts above, for a flag's help."""
     where, name = key.split(".")
     book, quick = (MODEL_CONFIG, QUICK_CONFIG) if where == "cfg" else (TRAIN_SETTINGS, QUICK_SETTINGS)
+    if name not in book:
+        return ""  # a default computed from other values, which the help text states
     shown = [] if book[name] in (None, False) else [f"default {book[name]}"]
     if quick[name] != book[name] and name != "quick":
         shown.append(f"--quick {quick[name]}")
@@ -161,6 +178,9 @@ def settings_from_args(args):
             (cfg if where == "cfg" else settings)[key] = value
     if cfg["emb_dim"] % cfg["n_heads"]:
         raise ScriptError(f"--emb-dim {cfg['emb_dim']} must be divisible by --n-heads {cfg['n_heads']}")
+    cfg.setdefault("d_ff", 4 * cfg["emb_dim"])  # in the config, so that every loader builds this width
+    if args.vocab_size and args.bpe_merges:
+        raise ScriptError("give --vocab-size or --bpe-merges, not both: the vocabulary size sets the merges")
     if args.bpe_path:
         if args.tokenizer not in (None, "bpe"):
             raise ScriptError(f"--bpe-path loads a BPE tokenizer; it does not go with --tokenizer "
@@ -175,8 +195,9 @@ def ignored_on_resume(args):
 
 # ---- starting and resuming ----
 
-def training_text(settings):
-    train_text, val_text, description = load_training_text(settings["data"], settings["train_ratio"])
+def training_text(settings, data_dir):
+    train_text, val_text, description = load_training_text(settings["data"], settings["train_ratio"],
+                                                           data_dir)
     if settings["quick"]:
         train_text, val_text = train_text[:QUICK_MAX_CHARS], val_text[:QUICK_MAX_CHARS // 9]
     return train_text, val_text, description
@@ -196,19 +217,20 @@ def start_run(args, checkpoint_path, device):
         raise ScriptError(f"{checkpoint_path} already exists: add --resume to continue that run, "
                           "--overwrite to start again over it, or --checkpoint to name a new one")
     cfg, settings = settings_from_args(args)
-    train_text, val_text, description = training_text(settings)
+    train_text, val_text, description = training_text(settings, args.data_dir)
     print(f"Text: {description}: {len(train_text):,} training and {len(val_text):,} validation characters")
     settings["text_sha256"] = text_digest(train_text, val_text)
     settings["start_context"] = settings["start_context"] or train_text[:20]
 
     tokenizer = build_tokenizer(settings["tokenizer"], train_text, settings["bpe_merges"],
-                                settings["bpe_path"])
+                                settings["bpe_path"], settings["vocab_size"])
     if settings["tokenizer"] != "gpt2":
         tokenizer_path = checkpoint_path.with_name(checkpoint_path.stem + "-tokenizer.json")
         print("Saved the tokenizer to", save_tokenizer(tokenizer, tokenizer_path))
     cfg["vocab_size"] = tokenizer.n_vocab
     train_set, val_set = make_datasets(train_text, val_text, tokenizer, cfg["context_length"],
                                        settings["batch_size"])
+    print_unknown_rate(tokenizer, val_text)
     steps_per_epoch = len(train_set) // settings["batch_size"]
     total_steps = steps_per_epoch * settings["num_epochs"]
     if settings["max_steps"]:
@@ -220,7 +242,7 @@ def start_run(args, checkpoint_path, device):
                checkpoint_path)
 
 
-def resume_run(checkpoint_path, device):
+def resume_run(checkpoint_path, device, data_dir=None):
     """The run saved in a checkpoint, at the step it was saved, with its RNG states."""
     checkpoint = load_checkpoint(checkpoint_path, device="cpu", hint=RESUME_HINT)
     if "train_state" not in checkpoint or "run_settings" not in checkpoint:
@@ -228,7 +250,7 @@ def resume_run(checkpoint_path, device):
                           "train_own_text.py can be resumed")
     cfg, settings, state = checkpoint["config"], checkpoint["run_settings"], checkpoint["train_state"]
     tokenizer = tokenizer_from_dict(checkpoint["tokenizer"])
-    train_text, val_text, description = training_text(settings)
+    train_text, val_text, description = training_text(settings, data_dir)
     if text_digest(train_text, val_text) != settings["text_sha256"]:
         raise ScriptError(f"the text of {description} changed since {checkpoint_path} was written; "
                           "resume with the same text, or start a new run")
@@ -271,6 +293,9 @@ def evaluate_and_record(run, eval_loaders, write):
     state["eval_steps"].append(state["global_step"])
     write(f"Ep {state['epoch'] + 1} (Step {state['global_step']:06d}): "
           f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
+    if state.get("best_val_loss") is None or val_loss < state["best_val_loss"]:
+        state["best_val_loss"], state["best_step"] = val_loss, state["global_step"]
+        write_best_checkpoint(run)
 
 
 def train_epoch(run, bar, eval_loaders, session, stop_after):
@@ -342,6 +367,28 @@ def print_summary(run):
           f"{run.settings['total_steps']} steps of batch {run.settings['batch_size']}")
 
 
+def print_unknown_rate(tokenizer, val_text):
+    """How much of the validation text the vocabulary cannot represent (chapter 2's <|unk|>)."""
+    unk = getattr(tokenizer, "unk_token", None)
+    if unk is not None:
+        ids = tokenizer.encode(val_text, allowed_special={ENDOFTEXT})
+        print(f"Unknown tokens (<|unk|>) in the validation text: {ids.count(unk) / len(ids):.1%} "
+              f"({ids.count(unk):,} of {len(ids):,})")
+
+
+def print_sample(run, prompt, num_tokens):
+    """Every run ends with a sample of the model as it is now, also one that stops early. Drawn after
+    the last checkpoint, so its random draws change nothing a resumed run computes."""
+    ids = run.tokenizer.encode(prompt, allowed_special={ENDOFTEXT}) or [run.tokenizer.eot_token]
+    torch.manual_seed(run.settings["seed"])
+    run.model.eval()
+    with torch.no_grad():
+        out = generate(run.model, torch.tensor([ids], device=run.device), num_tokens,
+                       run.cfg["context_length"], **SAMPLING)
+    print(f"Sample ({num_tokens} tokens, temperature {SAMPLING['temperature']}, top-k {SAMPLING['top_k']}):")
+    print(run.tokenizer.decode(out[0].tolist()))
+
+
 def print_next_steps(run):
     path, settings, state = run.path, run.settings, run.state
     print(f"Checkpoint: {path} (step {state['global_step']} of {settings['total_steps']})")
@@ -349,6 +396,9 @@ def print_next_steps(run):
         print(f"Continue with: python train_own_text.py --resume --checkpoint {path}")
     if state["eval_steps"]:
         print("Loss plot:", plot_path(path))
+    if state.get("best_step") is not None:
+        print(f"Best checkpoint: {best_path(path)} (step {state['best_step']}, validation loss "
+              f"{state['best_val_loss']:.3f})")
     first_line = next((line.strip() for line in settings["start_context"].splitlines() if line.strip()), "")
     print(f'Generate with: python generate_text.py "{first_line}" --checkpoint {path}')
 
@@ -356,7 +406,9 @@ def print_next_steps(run):
 def main(argv=None):
     args = parse_args(argv)
     device = get_device(args.device)
-    checkpoint_path = Path(args.checkpoint) if args.checkpoint else OUTPUTS_DIR / DEFAULT_CHECKPOINT
+    checkpoint_path = Path(args.checkpoint_dir or OUTPUTS_DIR) / (args.checkpoint or DEFAULT_CHECKPOINT)
+    if args.checkpoint and not args.checkpoint_dir:
+        checkpoint_path = Path(args.checkpoint)  # a path as given, from the current folder
     if args.resume:
         if not checkpoint_path.is_file():  # say so before the lock creates anything beside it
             load_checkpoint(checkpoint_path, hint=RESUME_HINT)
@@ -364,7 +416,8 @@ def main(argv=None):
         if ignored:
             print("note: --resume takes the run's settings from the checkpoint; ignoring", ", ".join(ignored))
     with checkpoint_lock(checkpoint_path):
-        run = resume_run(checkpoint_path, device) if args.resume else start_run(args, checkpoint_path, device)
+        run = resume_run(checkpoint_path, device, args.data_dir) if args.resume else \
+            start_run(args, checkpoint_path, device)
         print_summary(run)
         if run.state["global_step"] >= run.settings["total_steps"]:
             print("This run is already complete.")
@@ -375,6 +428,7 @@ def main(argv=None):
             print(f"\nStopped. The last checkpoint written is intact; continue with: "
                   f"python train_own_text.py --resume --checkpoint {checkpoint_path}")
             raise
+        print_sample(run, args.prompt or run.settings["start_context"], args.sample_tokens or SAMPLE_TOKENS)
     print_next_steps(run)
     return run.state
 

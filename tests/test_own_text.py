@@ -14,14 +14,20 @@ import torch
 from filelock import FileLock
 
 import generate_text
+import own_bpe
 import own_text_data
 import own_tokenizers
 import train_own_text
 from conftest import run_script
-from own_tokenizers import (GPT2_SPLIT_PATTERN, BPETokenizer, CharTokenizer, bytes_to_unicode, load_tokenizer,
-                            save_tokenizer, tokenizer_from_dict, tokenizer_to_dict)
+from a_tokenizer import split_text
+from c_tokenizer import SimpleTokenizerV2, build_vocab_v2
+from checkpoints import model_from_checkpoint
+from own_tokenizers import (GPT2_SPLIT_PATTERN, BPETokenizer, CharTokenizer, WordTokenizer, bytes_to_unicode,
+                            load_tokenizer, save_tokenizer, tokenizer_from_dict, tokenizer_to_dict)
 from plumbing import DATA_DIR, REPO_DIR, ScriptError, check_temperature, run_main
+from p_layernorm_gelu_feedforward import FeedForward
 from s_gpt_model import GPTModel
+from u_pretraining import generate
 from checkpoints import save_checkpoint
 
 ODD_TEXT = (
@@ -103,7 +109,7 @@ def test_bpe_training_by_hand():
 
 def naive_bpe_merges(text, num_merges):
     """The textbook O(text x merges) loop: recount every pair of every piece for each merge."""
-    pieces = [list(piece.encode("utf-8")) for piece in own_tokenizers.regex.findall(GPT2_SPLIT_PATTERN, text)]
+    pieces = [list(piece.encode("utf-8")) for piece in own_bpe.regex.findall(GPT2_SPLIT_PATTERN, text)]
     vocab = {i: bytes([i]) for i in range(256)}
     merges = []
     for _ in range(num_merges):
@@ -114,7 +120,7 @@ def naive_bpe_merges(text, num_merges):
         new_id = len(vocab)
         vocab[new_id] = vocab[pair[0]] + vocab[pair[1]]
         merges.append(pair)
-        pieces = [own_tokenizers._merge_pair(piece, pair, new_id) for piece in pieces]
+        pieces = [own_bpe._merge_pair(piece, pair, new_id) for piece in pieces]
     return merges
 
 
@@ -199,6 +205,65 @@ def test_tokenizer_descriptions():
     assert tokenizer_from_dict(tokenizer_to_dict(CharTokenizer.from_text("ab"))).chars == ["a", "b"]
     with pytest.raises(ValueError, match="unknown tokenizer"):
         tokenizer_from_dict({"kind": "sentencepiece"})
+
+
+def test_word_tokenizer_is_chapter_2s_with_a_frequency_cut():
+    text = "the cat sat. the cat ran! the dog sat, and the end.<|endoftext|>A new text"
+    tokenizer = WordTokenizer.from_text(text)
+    assert tokenizer.words[:4] == ["the", ".", "cat", "sat"]  # most frequent first, ties sorted
+    assert tokenizer.words[4:] == ["!", ",", "A", "and", "dog", "end", "new", "ran", "text"]
+    assert tokenizer.special_tokens == {"<|endoftext|>": 13, "<|unk|>": 14} and tokenizer.n_vocab == 15
+    book = SimpleTokenizerV2(build_vocab_v2(split_text(text.replace("<|endoftext|>", " "))))
+    sentence = "the dog ran, and the cat sat."
+    assert tokenizer.decode(tokenizer.encode(sentence)) == book.decode(book.encode(sentence)) == sentence
+    small = WordTokenizer.from_text(text, vocab_size=5)
+    assert small.words == ["the", ".", "cat"] and small.n_vocab == 5
+    assert small.encode("the dog sat<|endoftext|>", allowed_special={"<|endoftext|>"}) == [0, 4, 4, 3]
+    assert small.decode(small.encode("the dog")) == "the <|unk|>"
+    assert tokenizer_from_dict(tokenizer_to_dict(small)).words == small.words
+
+
+def test_vocab_size_sets_the_bpe_merges_and_the_word_list():
+    text = STORY * 3
+    bpe = own_text_data.build_tokenizer("bpe", text, vocab_size=300)
+    assert len(bpe.merges) == 43 and bpe.n_vocab == 300  # 256 bytes + 43 merges + <|endoftext|>
+    assert bpe.merges == BPETokenizer.train(text, 43).merges
+    assert own_text_data.build_tokenizer("word", text, vocab_size=12).n_vocab == 12
+    for kind, size, message in (("bpe", 257, "at least 258"), ("char", 50, "has its own"),
+                                ("gpt2", 50257, "has its own"), ("word", 2, "at least 3")):
+        with pytest.raises(ScriptError, match=message):
+            own_text_data.build_tokenizer(kind, text, vocab_size=size)
+    with pytest.raises(ScriptError, match="--vocab-size or --bpe-merges, not both"):
+        train_own_text.main(["--tokenizer", "bpe", "--vocab-size", "300", "--bpe-merges", "40"])
+
+
+def test_d_ff_is_carried_in_the_config(story_file, tmp_path):
+    ff = FeedForward({"emb_dim": 8, "d_ff": 12})
+    assert ff.layers[0].weight.shape == (12, 8) and ff.layers[2].weight.shape == (8, 12)
+    assert FeedForward({"emb_dim": 8}).layers[0].weight.shape == (32, 8)  # the book's 4 x emb_dim
+    path = tmp_path / "narrow.pth"
+    train_own_text.main(tiny_run_args(story_file, path, "--epochs", "1", "--d-ff", "24"))
+    model, cfg = model_from_checkpoint(path)  # rebuilt from the config alone
+    assert cfg["d_ff"] == 24 and model.trf_blocks[0].ff.layers[0].weight.shape == (24, 16)
+    default_cfg, _ = train_own_text.settings_from_args(train_own_text.parse_args(tiny_run_args(story_file,
+                                                                                                path)))
+    assert default_cfg["d_ff"] == 64  # 4 x --emb-dim 16, written into the config too
+
+
+def test_training_with_the_word_tokenizer_reports_unknown_words(story_file, tmp_path, capsys):
+    path = tmp_path / "words.pth"
+    train_own_text.main(tiny_run_args(story_file, path, "--tokenizer", "word", "--vocab-size", "30",
+                                      "--context-length", "8", "--batch-size", "4", "--epochs", "1"))
+    out = capsys.readouterr().out
+    train_text, val_text, _ = own_text_data.load_training_text(str(story_file), 0.9)
+    tokenizer = WordTokenizer.from_text(train_text, 30)
+    ids = tokenizer.encode(val_text, allowed_special={"<|endoftext|>"})
+    unknown = ids.count(tokenizer.unk_token)
+    assert 0 < unknown < len(ids)
+    assert (f"Unknown tokens (<|unk|>) in the validation text: {unknown / len(ids):.1%} ({unknown} of "
+            f"{len(ids)})") in out
+    saved = torch.load(path, weights_only=True)
+    assert saved["tokenizer"] == tokenizer.to_dict() and saved["config"]["vocab_size"] == 30
 
 
 # ---- the text ----
@@ -304,6 +369,22 @@ def test_stopped_and_resumed_run_equals_uninterrupted(story_file, tmp_path, unin
     train_own_text.main(["--resume", "--checkpoint", str(path), "--device", "cpu"])
     assert_same_run(final_run(path), uninterrupted)
     assert (tmp_path / "split-losses.png").stat().st_size > 0
+    best, reference = (torch.load(tmp_path / name, weights_only=True)
+                       for name in ("split-best.pth", "full-best.pth"))
+    assert best["best"] == reference["best"]  # the resumed run kept the same best model
+    assert all(torch.equal(best["model_state_dict"][k], v) for k, v in reference["model_state_dict"].items())
+
+
+def test_the_best_validation_checkpoint_is_kept_and_generates(tmp_path, uninterrupted, capsys):
+    state, _ = uninterrupted
+    best = torch.load(tmp_path / "full-best.pth", weights_only=True)
+    lowest = min(range(len(state["val_losses"])), key=state["val_losses"].__getitem__)
+    assert best["best"] == {"step": state["eval_steps"][lowest], "val_loss": state["val_losses"][lowest]}
+    assert (state["best_step"], state["best_val_loss"]) == (best["best"]["step"], best["best"]["val_loss"])
+    assert "optimizer_state_dict" not in best and best["tokenizer"]["kind"] == "char"
+    generate_text.main(["The keeper", "--checkpoint", str(tmp_path / "full-best.pth"),
+                        "--max-new-tokens", "5"])
+    assert capsys.readouterr().out.startswith("The keeper")
 
 
 def test_run_killed_mid_step_resumes_from_last_checkpoint(story_file, tmp_path, uninterrupted, monkeypatch):
@@ -332,6 +413,8 @@ def test_kill_while_writing_keeps_previous_checkpoint(story_file, tmp_path, unin
     saves = []
 
     def dies_while_writing(obj, file, *args, **kwargs):
+        if "-best.pth" in str(file):  # the best-validation checkpoint is written at evaluations
+            return real_save(obj, file, *args, **kwargs)
         saves.append(file)
         if len(saves) < 2:
             return real_save(obj, file, *args, **kwargs)
@@ -423,8 +506,8 @@ def test_a_failed_save_is_one_line_and_keeps_the_previous_checkpoint(story_file,
     real_save, saves = torch.save, []
 
     def full_disk(obj, file, *args, **kwargs):
-        saves.append(file)
-        if len(saves) == failing_save:
+        saves.extend([] if "-best.pth" in str(file) else [file])  # count the checkpoint's saves
+        if len(saves) == failing_save and "-best.pth" not in str(file):
             Path(file).write_bytes(b"the first bytes")  # what a full disk leaves of the write
             raise error
         return real_save(obj, file, *args, **kwargs)
@@ -455,6 +538,41 @@ def test_resume_without_a_checkpoint_says_how_to_start_one(tmp_path):
     assert str(missing.value) == (f"there is no checkpoint at {path}; python train_own_text.py without "
                                   "--resume starts a run that writes it (or check the path)")
     assert not (tmp_path / "runs").exists()  # no folder, no lock file made for nothing
+
+
+def test_every_run_ends_with_a_sample(story_file, tmp_path, capsys):
+    path = tmp_path / "sampled.pth"
+    train_own_text.main(tiny_run_args(story_file, path, "--stop-after", "2", "--prompt", "The keeper",
+                                      "--sample-tokens", "7"))
+    out = capsys.readouterr().out
+    assert f"Best checkpoint: {tmp_path / 'sampled-best.pth'} (step 1, validation loss" in out
+    model, cfg = model_from_checkpoint(path)  # the model as it was when the run stopped, at step 2
+    tokenizer = tokenizer_from_dict(torch.load(path, weights_only=True)["tokenizer"])
+    torch.manual_seed(7)  # the run's --seed
+    expected = generate(model, torch.tensor([tokenizer.encode("The keeper")]), 7, cfg["context_length"],
+                        temperature=0.8, top_k=50)
+    assert f"Sample (7 tokens, temperature 0.8, top-k 50):\n{tokenizer.decode(expected[0].tolist())}\n" in out
+    assert len(tokenizer.decode(expected[0].tolist())) == len("The keeper") + 7
+
+
+def test_data_dir_and_checkpoint_dir(tmp_path, monkeypatch, capsys):
+    data_dir, runs = tmp_path / "corpora", tmp_path / "runs"
+    (data_dir / "tinyshakespeare").mkdir(parents=True)
+    (data_dir / "tinyshakespeare" / "input.txt").write_text(STORY * 4, encoding="utf-8")
+    monkeypatch.setattr(own_text_data, "SHAKESPEARE_SHA256", hashlib.sha256((STORY * 4).encode()).hexdigest())
+    args = tiny_run_args("shakespeare", "ignored.pth", "--epochs", "1")[4:]  # without --data, --checkpoint
+    train_own_text.main(["--data", "shakespeare", "--data-dir", str(data_dir), "--checkpoint-dir", str(runs),
+                         *args])
+    assert f"Text: tiny-shakespeare ({data_dir / 'tinyshakespeare' / 'input.txt'})" in capsys.readouterr().out
+    assert sorted(p.name for p in runs.iterdir()) == ["own_text-best.pth", "own_text-losses.png",
+                                                      "own_text-tokenizer.json", "own_text.pth",
+                                                      "own_text.pth.lock"]
+    train_own_text.main(["--resume", "--data-dir", str(data_dir), "--checkpoint-dir", str(runs)])
+    assert "This run is already complete." in capsys.readouterr().out
+    train_own_text.main(["--data", "shakespeare", "--data-dir", str(data_dir), "--checkpoint-dir", str(runs),
+                         "--checkpoint", "second.pth", *args])
+    assert final_run(runs / "second.pth")[0]["step_losses"] == \
+        final_run(runs / "own_text.pth")[0]["step_losses"]  # the same text, found in --data-dir again
 
 
 def test_too_short_text_is_a_clear_error(tmp_path):
