@@ -14,6 +14,7 @@ Run: python generate_text.py "ROMEO:" --checkpoint outputs/own_text.pth --max-ne
 import argparse
 import codecs
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from own_tokenizers import ENDOFTEXT, CharTokenizer, tokenizer_from_dict
 from plumbing import (OUTPUTS_DIR, ScriptError, add_device_arg, check_temperature, get_device, positive_int,
                       run_main)
 from checkpoints import GPT2_VOCAB_SIZE, load_checkpoint, model_from_checkpoint
+from fast_attention import CachedNextTokenLogits
 from u_pretraining import generate
 
 DEFAULT_CHECKPOINT = OUTPUTS_DIR / "own_text.pth"
@@ -63,15 +65,30 @@ def alpaca_prompt(instruction, input_text=""):
     return format_input({"instruction": instruction, "input": input_text}) + "\n\n### Response:\n"
 
 
+class CachedLastLogits(torch.nn.Module):
+    """The model as generate() sees it, made incremental: called with the ids so far (cropped to
+    the context), it returns the last position's logits computed with the KV cache
+    (fast_attention.CachedNextTokenLogits), so a streamed token costs one short forward pass."""
+
+    def __init__(self, model, context_size):
+        super().__init__()
+        self.next_token_logits = CachedNextTokenLogits(model, context_size)
+
+    def forward(self, idx):
+        return self.next_token_logits(idx).unsqueeze(1)  # generate() takes logits[:, -1, :]
+
+
 def stream_generate(model, token_ids, tokenizer, max_new_tokens, context_size, temperature, top_k,
-                    eos_id, write):
+                    eos_id, write, use_cache=True):
     """Generate one token at a time with chapter 5's generate() and write each one as soon as it is
-    known. An incremental UTF-8 decoder holds back the bytes of a character split across tokens."""
+    known. An incremental UTF-8 decoder holds back the bytes of a character split across tokens.
+    use_cache=False runs the whole window again for every token, as the book's loop does."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    step_model = CachedLastLogits(model, context_size) if use_cache else model
     idx = token_ids
     new_ids = []
     for _ in range(max_new_tokens):
-        longer = generate(model, idx, max_new_tokens=1, context_size=context_size,
+        longer = generate(step_model, idx, max_new_tokens=1, context_size=context_size,
                           temperature=temperature, top_k=top_k, eos_id=eos_id)
         if longer.shape[1] == idx.shape[1]:  # generate() stops without appending at eos_id
             break
@@ -96,6 +113,9 @@ def main(argv=None):
     parser.add_argument("--top-k", type=int, default=50,
                         help="sample among the k most likely tokens only (default 50; 0 for all)")
     parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--no-cache", action="store_true",
+                        help="run the whole window again for every token, as the book's loop does, instead "
+                             "of keeping the keys and values (the KV cache); slower, for comparison")
     parser.add_argument("--format", choices=["auto", "plain", "alpaca"], default="auto",
                         help="alpaca wraps the prompt in chapter 7's instruction template; auto uses it "
                              "for *-sft.pth checkpoints (default auto)")
@@ -130,13 +150,15 @@ def main(argv=None):
         if tokenizer.eot_token is None:
             raise ScriptError("give a prompt: this tokenizer has no <|endoftext|> token to start from")
         ids = [tokenizer.eot_token]
-    if isinstance(tokenizer, CharTokenizer) and tokenizer.unk_token in ids:
-        print(f"note: {ids.count(tokenizer.unk_token)} character(s) of the prompt never appeared in the "
-              "training text and became <|unk|>", file=sys.stderr)
+    unk = getattr(tokenizer, "unk_token", None)  # the char and word tokenizers have one
+    if unk is not None and unk in ids:
+        print(f"note: {ids.count(unk)} {'character' if isinstance(tokenizer, CharTokenizer) else 'word'}(s) "
+              "of the prompt are not in the vocabulary and became <|unk|>", file=sys.stderr)
     if len(ids) > cfg["context_length"]:
         print(f"note: the prompt has {len(ids)} tokens; the model sees only the last "
               f"{cfg['context_length']}", file=sys.stderr)
-    kind = {"CharTokenizer": "character", "BPETokenizer": "own BPE"}.get(type(tokenizer).__name__, "GPT-2")
+    kind = {"CharTokenizer": "character", "WordTokenizer": "word", "BPETokenizer": "own BPE"}.get(
+        type(tokenizer).__name__, "GPT-2")
     print(f"[{path.name}: {sum(p.numel() for p in model.parameters()):,} parameters, {kind} tokenizer "
           f"({tokenizer.n_vocab:,} tokens), {device}]", file=sys.stderr)
 
@@ -149,9 +171,14 @@ def main(argv=None):
 
     write(prompt)
     torch.manual_seed(args.seed)
-    stream_generate(model, torch.tensor([ids], device=device), tokenizer, args.max_new_tokens,
-                    cfg["context_length"], args.temperature, args.top_k or None, tokenizer.eot_token, write)
+    start = time.perf_counter()
+    new_ids = stream_generate(model, torch.tensor([ids], device=device), tokenizer, args.max_new_tokens,
+                              cfg["context_length"], args.temperature, args.top_k or None,
+                              tokenizer.eot_token, write, use_cache=not args.no_cache)
+    seconds = time.perf_counter() - start
     write("\n")
+    print(f"[{len(new_ids)} tokens in {seconds:.2f} s: {len(new_ids) / seconds:,.1f} tokens/s"
+          f"{', without the KV cache' if args.no_cache else ''}]", file=sys.stderr)
 
 
 if __name__ == "__main__":

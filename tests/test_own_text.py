@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -605,10 +606,26 @@ def test_streaming_prints_whole_characters():
     script = list("é😀!".encode("utf-8")) + [tokenizer.eot_token]  # byte tokens split the characters
     chunks = []
     new_ids = generate_text.stream_generate(ScriptedModel(script, tokenizer.n_vocab, 1), torch.tensor([[1]]),
-                                            tokenizer, 20, 64, 0.0, None, tokenizer.eot_token, chunks.append)
+                                            tokenizer, 20, 64, 0.0, None, tokenizer.eot_token, chunks.append,
+                                            use_cache=False)  # a stand-in model has no keys and values
     assert new_ids == script[:-1]  # stopped at <|endoftext|>
     assert "".join(chunks) == "é😀!"
     assert [c for c in chunks if c] == ["é", "😀", "!"]  # never half a character
+
+
+def test_streaming_with_the_kv_cache_gives_the_uncached_ids():
+    torch.manual_seed(0)
+    cfg = {"vocab_size": 40, "context_length": 12, "emb_dim": 16, "n_heads": 2, "n_layers": 2,
+           "drop_rate": 0.0, "qkv_bias": True}
+    model = GPTModel(cfg).eval()
+    tokenizer = CharTokenizer([chr(ord("a") + i) for i in range(38)])  # 38 letters + 2 special tokens
+    prompt = torch.tensor([[1, 5, 9, 2]])
+    # 20 new tokens: past the context of 12, where the window slides and the cache starts over
+    book = generate(model, prompt, 20, cfg["context_length"])[0, 4:].tolist()
+    for use_cache in (True, False):
+        ids = generate_text.stream_generate(model, prompt, tokenizer, 20, cfg["context_length"], 0.0, None,
+                                            None, lambda text: None, use_cache=use_cache)
+        assert ids == book
 
 
 def test_generate_cli_end_to_end(story_file, tmp_path):
@@ -623,6 +640,7 @@ def test_generate_cli_end_to_end(story_file, tmp_path):
                         data_dir=tmp_path / "data", outputs_dir=outputs, timeout=120)
     assert result.stdout.startswith("The keeper") and len(result.stdout) > len("The keeper\n")
     assert "own BPE tokenizer (287 tokens)" in result.stderr  # 256 bytes + 30 merges + <|endoftext|>
+    assert re.search(r"\[12 tokens in [0-9.]+ s: [0-9,.]+ tokens/s\]", result.stderr)
 
 
 def test_generate_is_seeded_and_reads_gpt2_checkpoints(tmp_path, capsys, gpt2_tokenizer):
