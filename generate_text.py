@@ -6,6 +6,7 @@ instruction-tuned *-sft.pth (the prompt is put into the Alpaca template). Chapte
 classifier answers "spam" / "not spam" instead of predicting tokens, so it cannot generate.
 
 Run: python generate_text.py "ROMEO:" --checkpoint outputs/own_text.pth --max-new-tokens 300
+     python generate_text.py --chat --checkpoint outputs/gpt2-medium355M-sft.pth
      python generate_text.py "Every effort moves you" --checkpoint outputs/model_and_optimizer.pth
      python generate_text.py "Rewrite the sentence using a simile: The car is very fast." \
          --checkpoint outputs/gpt2-medium355M-sft.pth --temperature 0
@@ -99,7 +100,7 @@ def stream_generate(model, token_ids, tokenizer, max_new_tokens, context_size, t
     return new_ids
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("prompt", nargs="?", default="",
@@ -120,11 +121,20 @@ def main(argv=None):
                         help="alpaca wraps the prompt in chapter 7's instruction template; auto uses it "
                              "for *-sft.pth checkpoints (default auto)")
     parser.add_argument("--input", default="", help="with --format alpaca: the entry's input text")
+    parser.add_argument("--chat", action="store_true",
+                        help="type a line, read the reply, again: an instruction model answers each line "
+                             "(<|endoftext|> ends a reply), a plain one continues it; an empty line or "
+                             "Ctrl-D ends")
     add_device_arg(parser)
     args = parser.parse_args(argv)
     if args.top_k < 0:
         parser.error("--top-k must be 0 (no limit) or positive")
+    return args
 
+
+def load_generator(args):
+    """(model, cfg, tokenizer, alpaca, device) for --checkpoint, with clear errors for files that
+    cannot generate."""
     path = Path(args.checkpoint)
     if not path.is_file():
         found = sorted(p.name for p in OUTPUTS_DIR.glob("*.pth")) if OUTPUTS_DIR.is_dir() else []
@@ -141,10 +151,15 @@ def main(argv=None):
     alpaca = uses_alpaca_prompt(checkpoint, path, args.format)
     del checkpoint  # model_from_checkpoint reads the file again; do not hold two copies of the weights
     model, cfg = model_from_checkpoint(path, device)
+    kind = {"CharTokenizer": "character", "WordTokenizer": "word", "BPETokenizer": "own BPE"}.get(
+        type(tokenizer).__name__, "GPT-2")
+    print(f"[{path.name}: {sum(p.numel() for p in model.parameters()):,} parameters, {kind} tokenizer "
+          f"({tokenizer.n_vocab:,} tokens), {device}]", file=sys.stderr)
+    return model, cfg, tokenizer, alpaca, device
 
-    prompt = args.prompt
-    if alpaca:
-        prompt = alpaca_prompt(args.prompt, args.input)
+
+def prompt_ids(tokenizer, prompt, context_length):
+    """The prompt's token ids (<|endoftext|> for an empty one), with notes on what the model misses."""
     ids = tokenizer.encode(prompt, allowed_special={ENDOFTEXT}) if prompt else []
     if not ids:
         if tokenizer.eot_token is None:
@@ -154,27 +169,54 @@ def main(argv=None):
     if unk is not None and unk in ids:
         print(f"note: {ids.count(unk)} {'character' if isinstance(tokenizer, CharTokenizer) else 'word'}(s) "
               "of the prompt are not in the vocabulary and became <|unk|>", file=sys.stderr)
-    if len(ids) > cfg["context_length"]:
-        print(f"note: the prompt has {len(ids)} tokens; the model sees only the last "
-              f"{cfg['context_length']}", file=sys.stderr)
-    kind = {"CharTokenizer": "character", "WordTokenizer": "word", "BPETokenizer": "own BPE"}.get(
-        type(tokenizer).__name__, "GPT-2")
-    print(f"[{path.name}: {sum(p.numel() for p in model.parameters()):,} parameters, {kind} tokenizer "
-          f"({tokenizer.n_vocab:,} tokens), {device}]", file=sys.stderr)
+    if len(ids) > context_length:
+        print(f"note: the prompt has {len(ids)} tokens; the model sees only the last {context_length}",
+              file=sys.stderr)
+    return ids
 
+
+def write(text):
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def reply(model, cfg, tokenizer, prompt, args, device):
+    """Stream the model's continuation of prompt; return the new ids."""
+    return stream_generate(model, torch.tensor([prompt_ids(tokenizer, prompt, cfg["context_length"])],
+                                               device=device),
+                           tokenizer, args.max_new_tokens, cfg["context_length"], args.temperature,
+                           args.top_k or None, tokenizer.eot_token, write, use_cache=not args.no_cache)
+
+
+def chat(model, cfg, tokenizer, alpaca, args, device, read=input):
+    """--chat: a reply to every line typed, until an empty line or the end of the input (Ctrl-D)."""
+    print("[chat: " + ("each line is an instruction (chapter 7's template)" if alpaca else
+                       "the model continues each line") + "; an empty line or Ctrl-D ends]", file=sys.stderr)
+    while True:
+        try:
+            line = read("> ")
+        except EOFError:
+            write("\n")
+            return
+        if not line.strip():
+            return
+        reply(model, cfg, tokenizer, alpaca_prompt(line) if alpaca else line, args, device)
+        write("\n")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    model, cfg, tokenizer, alpaca, device = load_generator(args)
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")  # a console that cannot show a character shows '?'
-
-    def write(text):
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-    write(prompt)
     torch.manual_seed(args.seed)
+    if args.chat:
+        chat(model, cfg, tokenizer, alpaca, args, device)
+        return
+    prompt = alpaca_prompt(args.prompt, args.input) if alpaca else args.prompt
+    write(prompt)
     start = time.perf_counter()
-    new_ids = stream_generate(model, torch.tensor([ids], device=device), tokenizer, args.max_new_tokens,
-                              cfg["context_length"], args.temperature, args.top_k or None,
-                              tokenizer.eot_token, write, use_cache=not args.no_cache)
+    new_ids = reply(model, cfg, tokenizer, prompt, args, device)
     seconds = time.perf_counter() - start
     write("\n")
     print(f"[{len(new_ids)} tokens in {seconds:.2f} s: {len(new_ids) / seconds:,.1f} tokens/s"

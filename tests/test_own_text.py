@@ -2,6 +2,7 @@
 damaged checkpoints, and the generation CLI, on tiny configs and texts the tests write."""
 
 import hashlib
+import io
 import json
 import os
 import random
@@ -684,6 +685,26 @@ def test_temperature_must_be_zero_or_finite_and_positive(tmp_path, capsys):
                             "--seed", seed])
         outs.append(capsys.readouterr().out)
     assert outs[0] == outs[1] and len(outs[0]) > len("Hi\n")
+
+
+def test_chat_answers_each_line_until_an_empty_one_or_the_end(tmp_path, capsys, monkeypatch, gpt2_tokenizer):
+    torch.manual_seed(0)
+    cfg = {"vocab_size": 50257, "context_length": 32, "emb_dim": 8, "n_heads": 2, "n_layers": 1,
+           "drop_rate": 0.0, "qkv_bias": False}
+    model = GPTModel(cfg).eval()
+    for name, lines, template in (("tiny-sft.pth", "Name a colour.\nName a fruit.\n\nnot read\n", True),
+                                  ("plain.pth", "Once upon a time", False)):  # ends without a newline: EOF
+        path = save_checkpoint(tmp_path / name, model, cfg)
+        monkeypatch.setattr("sys.stdin", io.StringIO(lines))
+        generate_text.main(["--chat", "--checkpoint", str(path), "--temperature", "0",
+                            "--max-new-tokens", "4"])
+        expected = "> "
+        for line in [line for line in lines.split("\n\n")[0].split("\n") if line]:
+            prompt = generate_text.alpaca_prompt(line) if template else line
+            ids = gpt2_tokenizer.encode(prompt)
+            out = generate(model, torch.tensor([ids]), 4, 32, eos_id=50256)[0, len(ids):].tolist()
+            expected += gpt2_tokenizer.decode(out) + "\n> "
+        assert capsys.readouterr().out == expected + ("" if template else "\n")
 
 
 def test_classifier_checkpoint_cannot_generate(tmp_path):
