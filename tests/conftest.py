@@ -132,6 +132,14 @@ def run_script(script, *args, data_dir, outputs_dir, timeout=180, check=True, en
     return result
 
 
+def data_folder(path, files=None):
+    """A data/ folder for script runs, holding `files` ({file name: text})."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name, text in (files or {}).items():
+        (path / name).write_text(text, encoding="utf-8")
+    return path
+
+
 def script_job(script, *args, data_dir, outputs_dir, env=None):
     """One run for run_scripts, described as run_script takes it."""
     return {"script": script, "args": list(args), "env": script_env(data_dir, outputs_dir, env)}
