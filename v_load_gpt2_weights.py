@@ -97,7 +97,8 @@ def load_weights_into_gpt(gpt, params):
         att.W_query.bias = assign(att.W_query.bias, q_b, prefix + "att.W_query.bias")
         att.W_key.bias = assign(att.W_key.bias, k_b, prefix + "att.W_key.bias")
         att.W_value.bias = assign(att.W_value.bias, v_b, prefix + "att.W_value.bias")
-        att.out_proj.weight = assign(att.out_proj.weight, attn["c_proj"]["w"].T, prefix + "att.out_proj.weight")
+        att.out_proj.weight = assign(att.out_proj.weight, attn["c_proj"]["w"].T,
+                                     prefix + "att.out_proj.weight")
         att.out_proj.bias = assign(att.out_proj.bias, attn["c_proj"]["b"], prefix + "att.out_proj.bias")
 
         ff, mlp = block.ff.layers, block_params["mlp"]
@@ -139,7 +140,8 @@ def gpt2_config(model, settings):
     model = gpt2_model_name(model)
     cfg = {**BASE_CONFIG, **model_configs[model]}
     in_checkpoint = {"vocab_size": settings["n_vocab"], "context_length": settings["n_ctx"],
-                     "emb_dim": settings["n_embd"], "n_heads": settings["n_head"], "n_layers": settings["n_layer"]}
+                     "emb_dim": settings["n_embd"], "n_heads": settings["n_head"],
+                     "n_layers": settings["n_layer"]}
     differences = {key: value for key, value in in_checkpoint.items() if cfg[key] != value}
     if differences:
         print(f"note: the checkpoint is not the published {model}; using its sizes {differences}")
@@ -195,11 +197,13 @@ def quick_model(device, cfg=QUICK_CONFIG):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_gpt2_args(parser, default_model="124M")
     add_device_arg(parser)
     parser.add_argument("--quick", action="store_true",
-                        help="a tiny random model instead of GPT-2 (no download), to check that the script runs")
+                        help="a tiny random model instead of GPT-2 (no download), to check that the "
+                             "script runs")
     args = parser.parse_args()
     device = get_device(args.device)
     tokenizer = get_gpt2_tokenizer()
