@@ -1,14 +1,13 @@
 """Chapter 7: the instruction data, the collate function, response extraction, and the Ollama
 client and scorer against a local stand-in for Ollama's streaming chat API."""
 
-import http.server
 import json
-import socket
-import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import free_port
 
 from ollama_client import is_ollama_running
 from plumbing import ScriptError
@@ -27,76 +26,45 @@ ENTRY_WITHOUT_INPUT = {"instruction": "What is an antonym of 'complicated'?",
 BOOK_BATCH = ([0, 1, 2, 3, 4], [5, 6], [7, 8, 9])
 
 
-class FakeOllama:
-    """Speaks Ollama's /api/chat the way query_model uses it: the reply to each prompt streams back
-    as JSON lines, a few characters per line, then a final line with "done": true."""
-
-    def __init__(self, reply, known_models=("llama3",)):
-        self.requests = []
-        requests = self.requests
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                self.send_response(200)
-                self.end_headers()
-                self.wfile.write(b"Ollama is running")
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                requests.append({"path": self.path, "content_type": self.headers["Content-Type"],
-                                 "body": body})
-                if body["model"] not in known_models:
-                    self.send_response(404)
-                    self.end_headers()
-                    self.wfile.write(json.dumps({"error": f"model '{body['model']}' not found"}).encode())
-                    return
-                text = reply(body["messages"][0]["content"])
-                pieces = [text[start:start + 3] for start in range(0, len(text), 3)]
-                lines = [{"model": body["model"], "message": {"role": "assistant", "content": piece},
-                          "done": False} for piece in pieces]
-                lines.append({"model": body["model"], "message": {"role": "assistant", "content": ""},
-                              "done": True})
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/x-ndjson")
-                    self.end_headers()  # no Content-Length: the body ends when the connection closes
-                    for line in lines:
-                        self.wfile.write(json.dumps(line).encode() + b"\n")
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up waiting (the timeout test)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/api/chat"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
-def fake_ollama():
-    servers = []
+def fake_ollama(local_server):
+    """start(reply) makes local_server speak Ollama's /api/chat the way query_model uses it: the
+    reply to each prompt streams back as JSON lines, a few characters per line, then a final line
+    with "done": true. Returns the chat's .url and its .requests (path, content type, JSON body)."""
 
-    def start(reply, **kwargs):
-        servers.append(FakeOllama(reply, **kwargs))
-        return servers[-1]
+    def start(reply, known_models=("llama3",)):
+        requests = []
 
-    yield start
-    for server in servers:
-        server.close()
+        def chat(request):
+            body = json.loads(request.rfile.read(int(request.headers["Content-Length"])))
+            requests.append({"path": request.path, "content_type": request.headers["Content-Type"],
+                             "body": body})
+            if body["model"] not in known_models:
+                request.send_response(404)
+                request.end_headers()
+                request.wfile.write(json.dumps({"error": f"model '{body['model']}' not found"}).encode())
+                return
+            text = reply(body["messages"][0]["content"])
+            pieces = [text[i:i + 3] for i in range(0, len(text), 3)]
+            lines = [{"model": body["model"], "message": {"role": "assistant", "content": piece},
+                      "done": False} for piece in pieces]
+            lines.append({"model": body["model"], "message": {"role": "assistant", "content": ""},
+                          "done": True})
+            request.send_response(200)
+            request.send_header("Content-Type", "application/x-ndjson")
+            request.end_headers()  # no Content-Length: the body ends when the connection closes
+            for line in lines:
+                request.wfile.write(json.dumps(line).encode() + b"\n")
+
+        local_server.add("/", "Ollama is running")
+        return SimpleNamespace(url=local_server.add_handler("/api/chat", chat), requests=requests)
+
+    return start
 
 
 def closed_port_url():
     """A chat URL on 127.0.0.1 where nothing listens (the port was free a moment ago)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/api/chat"
+    return f"http://127.0.0.1:{free_port()}/api/chat"
 
 
 # ---- data ----
