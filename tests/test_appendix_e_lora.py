@@ -102,7 +102,8 @@ def test_book_parameter_counts_on_the_124M_architecture():
     assert z.count_parameters(model) == 2_666_528
     assert z.count_parameters(model, trainable_only=False) == 124_441_346 + 2_666_528
     lora_layers = [m for m in model.modules() if isinstance(m, z.LinearWithLoRA)]
-    assert len(lora_layers) == 12 * 6 + 1  # q, k, v, out_proj and two feed-forward layers per block, and the head
+    # q, k, v, out_proj and two feed-forward layers per block, and the head
+    assert len(lora_layers) == 12 * 6 + 1
     assert all(layer.lora.A.device.type == "meta" for layer in lora_layers)
 
 
