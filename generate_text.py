@@ -20,26 +20,15 @@ from pathlib import Path
 
 import torch
 
-from own_tokenizers import ENDOFTEXT, CharTokenizer, tokenizer_from_dict
+from own_text_checkpoints import checkpoint_tokenizer
+from own_tokenizers import ENDOFTEXT, CharTokenizer
 from plumbing import (OUTPUTS_DIR, ScriptError, add_device_arg, check_temperature, get_device, positive_int,
                       run_main)
-from checkpoints import GPT2_VOCAB_SIZE, load_checkpoint, model_from_checkpoint
+from checkpoints import load_checkpoint, model_from_checkpoint
 from fast_attention import CachedNextTokenLogits
 from u_pretraining import generate
 
 DEFAULT_CHECKPOINT = OUTPUTS_DIR / "own_text.pth"
-
-
-def checkpoint_tokenizer(checkpoint, path):
-    """The tokenizer a checkpoint was trained with: stored inside (train_own_text.py), else GPT-2's."""
-    if "tokenizer" in checkpoint:
-        return tokenizer_from_dict(checkpoint["tokenizer"])
-    if checkpoint["config"].get("vocab_size") == GPT2_VOCAB_SIZE:
-        from d_tokenizer import get_gpt2_tokenizer
-        return get_gpt2_tokenizer()
-    vocab_size = checkpoint["config"].get("vocab_size")
-    raise ScriptError(f"{path} stores no tokenizer and its vocabulary ({vocab_size} tokens) is not "
-                      "GPT-2's, so its token ids cannot be turned into text")
 
 
 def check_can_generate(checkpoint, path):

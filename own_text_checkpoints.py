@@ -1,6 +1,7 @@
 """train_own_text.py's runs on disk (not a chapter): the state a checkpoint keeps so that a resumed
-run computes exactly what an uninterrupted one would, and the lock that keeps a second run off a
-checkpoint that a first one is writing.
+run computes exactly what an uninterrupted one would, the best-validation checkpoint, the model a
+run starts from with --init-from, and the lock that keeps a second run off a checkpoint that a first
+one is writing.
 """
 
 import contextlib
@@ -11,8 +12,11 @@ from pathlib import Path
 import torch
 from filelock import FileLock, Timeout
 
-from checkpoints import save_checkpoint
-from own_tokenizers import tokenizer_to_dict
+from checkpoints import GPT2_VOCAB_SIZE, load_checkpoint, save_checkpoint
+from d_tokenizer import get_gpt2_tokenizer
+from own_tokenizers import tokenizer_from_dict, tokenizer_to_dict
+from s_gpt_model import GPTModel
+from v_load_gpt2_weights import fetch_gpt2_params, gpt2_config, gpt2_model_name, gpt_model_from_params
 from plumbing import ScriptError, ensure_writable
 
 
@@ -74,6 +78,51 @@ def write_best_checkpoint(run):
     --init-from read it), with its step and loss; without the optimizer, which only --resume needs."""
     save_checkpoint(best_path(run.path), run.model, run.cfg, tokenizer=tokenizer_to_dict(run.tokenizer),
                     best={"step": run.state["best_step"], "val_loss": run.state["best_val_loss"]})
+
+
+def starting_model(init_from, weights, models_dir, context_length=None, drop_rate=None):
+    """--init-from: (model, cfg, tokenizer) of OpenAI's GPT-2 (a size or name) or of a checkpoint of
+    the series (a path), to train on. A smaller context_length crops the position embeddings and
+    causal masks to their first positions, as nanoGPT's crop_block_size does."""
+    if Path(init_from).is_file() or init_from.endswith(".pth"):
+        checkpoint = load_checkpoint(init_from, hint="give --init-from a checkpoint of the series or a "
+                                                     "GPT-2 size such as 124M")
+        cfg, state = dict(checkpoint["config"]), checkpoint["model_state_dict"]
+        tokenizer = checkpoint_tokenizer(checkpoint, init_from)
+    else:
+        try:
+            name = gpt2_model_name(init_from)
+        except ValueError as error:
+            raise ScriptError(f"--init-from {init_from!r} is no checkpoint file and {error}") from None
+        gpt2_settings, params = fetch_gpt2_params(name, weights, models_dir)
+        cfg = gpt2_config(name, gpt2_settings)
+        state, tokenizer = gpt_model_from_params(cfg, params).state_dict(), get_gpt2_tokenizer()
+    if context_length is not None:
+        if context_length > cfg["context_length"]:
+            raise ScriptError(f"--context-length {context_length} is longer than the {cfg['context_length']} "
+                              f"positions of {init_from}; a starting model's context can shrink, not grow")
+        cfg["context_length"] = context_length
+        state = {key: value[:context_length] if key == "pos_emb.weight" else
+                 value[:context_length, :context_length] if key.endswith(".att.mask") else value
+                 for key, value in state.items()}
+    if drop_rate is not None:
+        cfg["drop_rate"] = drop_rate
+    model = GPTModel(cfg)
+    model.load_state_dict(state)
+    print(f"Starting from {init_from}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+          f"context {cfg['context_length']}")
+    return model, cfg, tokenizer
+
+
+def checkpoint_tokenizer(checkpoint, path):
+    """The tokenizer a checkpoint was trained with: stored inside (train_own_text.py), else GPT-2's."""
+    if "tokenizer" in checkpoint:
+        return tokenizer_from_dict(checkpoint["tokenizer"])
+    if checkpoint["config"].get("vocab_size") == GPT2_VOCAB_SIZE:
+        return get_gpt2_tokenizer()
+    vocab_size = checkpoint["config"].get("vocab_size")
+    raise ScriptError(f"{path} stores no tokenizer and its vocabulary ({vocab_size} tokens) is not GPT-2's, "
+                      "so its token ids cannot be turned into text")
 
 
 @contextlib.contextmanager

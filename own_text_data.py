@@ -104,6 +104,24 @@ def build_tokenizer(kind, train_text, bpe_merges=1000, bpe_path=None, vocab_size
     return tokenizer
 
 
+def print_unknown_rate(tokenizer, val_text):
+    """How much of the validation text the vocabulary cannot represent (chapter 2's <|unk|>)."""
+    unk = getattr(tokenizer, "unk_token", None)
+    if unk is not None:
+        ids = tokenizer.encode(val_text, allowed_special={ENDOFTEXT})
+        print(f"Unknown tokens (<|unk|>) in the validation text: {ids.count(unk) / len(ids):.1%} "
+              f"({ids.count(unk):,} of {len(ids):,})")
+
+
+def training_text(settings, data_dir=None, quick_max_chars=100_000):
+    """The run's training and validation text; a --quick run takes the start of them only."""
+    train_text, val_text, description = load_training_text(settings["data"], settings["train_ratio"],
+                                                           data_dir)
+    if settings["quick"]:
+        train_text, val_text = train_text[:quick_max_chars], val_text[:quick_max_chars // 9]
+    return train_text, val_text, description
+
+
 def text_digest(*texts):
     """The texts' SHA-256, so that --resume can tell whether the text changed since the start."""
     digest = hashlib.sha256()

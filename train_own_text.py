@@ -25,9 +25,10 @@ from appendix_d import lr_at_step
 from checkpoints import load_checkpoint
 from fast_pretraining import make_adamw
 from own_text_checkpoints import (Run, best_path, checkpoint_lock, new_train_state, plot_path, set_rng_states,
-                                  write_best_checkpoint, write_checkpoint)
-from own_text_data import build_tokenizer, epoch_order, load_training_text, loader, make_datasets, text_digest
-from own_tokenizers import ENDOFTEXT, save_tokenizer, tokenizer_from_dict
+                                  starting_model, write_best_checkpoint, write_checkpoint)
+from own_text_data import (build_tokenizer, epoch_order, loader, make_datasets, print_unknown_rate,
+                           text_digest, training_text)
+from own_tokenizers import ENDOFTEXT, save_tokenizer, tokenizer_from_dict, tokenizer_to_dict
 from plumbing import OUTPUTS_DIR, ScriptError, add_device_arg, get_device, positive_int, run_main
 from s_gpt_model import GPTModel
 from u_pretraining import calc_loss_batch, evaluate_model, generate, generate_and_print_sample, plot_losses
@@ -64,6 +65,9 @@ TRAIN_SETTINGS = {
     "checkpoint_every": 100,  # and write a checkpoint every 100 steps (and at the end)
     "seed": 123,
     "start_context": None,    # None: the first 20 characters of the training text
+    "init_from": None,        # None: a new model from the seed; else a GPT-2 size or a checkpoint to continue
+    "weights": "tf",          # --init-from GPT-2: OpenAI's TensorFlow files or Hugging Face's safetensors
+    "models_dir": None,       # ... in this folder (None: data/gpt2)
     "quick": False,
 }
 
@@ -113,6 +117,13 @@ OPTIONS = (
     Option("--drop-rate", float, "cfg.drop_rate", "dropout rate"),
     Option("--start-context", str, "settings.start_context", "text to continue in the samples printed "
            "after each epoch (default: the first 20 characters of the training text)"),
+    Option("--init-from", str, "settings.init_from", "continue the training of OpenAI's GPT-2 (124M, 355M, "
+           "774M, 1558M, or a name such as gpt2-medium) or of a checkpoint of the series (PATH) on your "
+           "text; its sizes and tokenizer come with it, and --context-length may shrink its context"),
+    Option("--weights", ("tf", "safetensors"), "settings.weights", "with --init-from GPT-2: OpenAI's "
+           "TensorFlow files (needs TensorFlow) or Hugging Face's safetensors"),
+    Option("--models-dir", str, "settings.models_dir", "with --init-from GPT-2: where its folders are "
+           "(default data/gpt2)"),
     Option("--quick", "flag", "settings.quick", "a tiny model for 20 steps on the start of the text, to "
            "check that all runs"),
     Option("--checkpoint", str, None, f"checkpoint to write, or with --resume to continue "
@@ -179,6 +190,11 @@ def settings_from_args(args):
     if cfg["emb_dim"] % cfg["n_heads"]:
         raise ScriptError(f"--emb-dim {cfg['emb_dim']} must be divisible by --n-heads {cfg['n_heads']}")
     cfg.setdefault("d_ff", 4 * cfg["emb_dim"])  # in the config, so that every loader builds this width
+    fixed_by_start = [f"--{name.replace('_', '-')}" for name in ("tokenizer", "vocab_size", "bpe_merges",
+                      "bpe_path", "emb_dim", "n_layers", "n_heads", "d_ff") if getattr(args, name)]
+    if args.init_from and fixed_by_start:
+        raise ScriptError(f"--init-from {args.init_from} brings its own sizes and tokenizer; leave out "
+                          + ", ".join(fixed_by_start))
     if args.vocab_size and args.bpe_merges:
         raise ScriptError("give --vocab-size or --bpe-merges, not both: the vocabulary size sets the merges")
     if args.bpe_path:
@@ -195,17 +211,10 @@ def ignored_on_resume(args):
 
 # ---- starting and resuming ----
 
-def training_text(settings, data_dir):
-    train_text, val_text, description = load_training_text(settings["data"], settings["train_ratio"],
-                                                           data_dir)
-    if settings["quick"]:
-        train_text, val_text = train_text[:QUICK_MAX_CHARS], val_text[:QUICK_MAX_CHARS // 9]
-    return train_text, val_text, description
-
-
-def new_model_and_optimizer(cfg, settings, device):
+def new_model_and_optimizer(cfg, settings, device, model=None):
+    """A new model from the seed (or the --init-from model, seeded the same for its dropout) and AdamW."""
     torch.manual_seed(settings["seed"])
-    model = GPTModel(cfg)
+    model = GPTModel(cfg) if model is None else model
     model.to(device)
     optimizer = make_adamw(model.parameters(), lr=settings["peak_lr"], weight_decay=settings["weight_decay"])
     return model, optimizer
@@ -217,13 +226,19 @@ def start_run(args, checkpoint_path, device):
         raise ScriptError(f"{checkpoint_path} already exists: add --resume to continue that run, "
                           "--overwrite to start again over it, or --checkpoint to name a new one")
     cfg, settings = settings_from_args(args)
-    train_text, val_text, description = training_text(settings, args.data_dir)
+    train_text, val_text, description = training_text(settings, args.data_dir, QUICK_MAX_CHARS)
     print(f"Text: {description}: {len(train_text):,} training and {len(val_text):,} validation characters")
     settings["text_sha256"] = text_digest(train_text, val_text)
     settings["start_context"] = settings["start_context"] or train_text[:20]
 
-    tokenizer = build_tokenizer(settings["tokenizer"], train_text, settings["bpe_merges"],
-                                settings["bpe_path"], settings["vocab_size"])
+    model = None
+    if settings["init_from"]:
+        model, cfg, tokenizer = starting_model(settings["init_from"], settings["weights"],
+                                               settings["models_dir"], args.context_length, args.drop_rate)
+        settings["tokenizer"] = tokenizer_to_dict(tokenizer)["kind"]
+    else:
+        tokenizer = build_tokenizer(settings["tokenizer"], train_text, settings["bpe_merges"],
+                                    settings["bpe_path"], settings["vocab_size"])
     if settings["tokenizer"] != "gpt2":
         tokenizer_path = checkpoint_path.with_name(checkpoint_path.stem + "-tokenizer.json")
         print("Saved the tokenizer to", save_tokenizer(tokenizer, tokenizer_path))
@@ -237,7 +252,7 @@ def start_run(args, checkpoint_path, device):
         total_steps = min(total_steps, settings["max_steps"])
     settings["total_steps"] = total_steps
     settings["warmup_steps"] = int(settings["warmup_fraction"] * total_steps)
-    model, optimizer = new_model_and_optimizer(cfg, settings, device)
+    model, optimizer = new_model_and_optimizer(cfg, settings, device, model)
     return Run(model, optimizer, tokenizer, cfg, settings, new_train_state(), train_set, val_set, device,
                checkpoint_path)
 
@@ -250,7 +265,7 @@ def resume_run(checkpoint_path, device, data_dir=None):
                           "train_own_text.py can be resumed")
     cfg, settings, state = checkpoint["config"], checkpoint["run_settings"], checkpoint["train_state"]
     tokenizer = tokenizer_from_dict(checkpoint["tokenizer"])
-    train_text, val_text, description = training_text(settings, data_dir)
+    train_text, val_text, description = training_text(settings, data_dir, QUICK_MAX_CHARS)
     if text_digest(train_text, val_text) != settings["text_sha256"]:
         raise ScriptError(f"the text of {description} changed since {checkpoint_path} was written; "
                           "resume with the same text, or start a new run")
@@ -365,15 +380,6 @@ def print_summary(run):
           f"device {run.device}")
     print(f"Data: {len(run.train_set):,} training and {len(run.val_set):,} validation windows; "
           f"{run.settings['total_steps']} steps of batch {run.settings['batch_size']}")
-
-
-def print_unknown_rate(tokenizer, val_text):
-    """How much of the validation text the vocabulary cannot represent (chapter 2's <|unk|>)."""
-    unk = getattr(tokenizer, "unk_token", None)
-    if unk is not None:
-        ids = tokenizer.encode(val_text, allowed_special={ENDOFTEXT})
-        print(f"Unknown tokens (<|unk|>) in the validation text: {ids.count(unk) / len(ids):.1%} "
-              f"({ids.count(unk):,} of {len(ids):,})")
 
 
 def print_sample(run, prompt, num_tokens):

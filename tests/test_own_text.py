@@ -20,12 +20,13 @@ import own_bpe
 import own_text_data
 import own_tokenizers
 import train_own_text
-from conftest import run_script
+from conftest import openai_variables, run_script
 from a_tokenizer import split_text
 from c_tokenizer import SimpleTokenizerV2, build_vocab_v2
 from checkpoints import model_from_checkpoint
 from own_tokenizers import (GPT2_SPLIT_PATTERN, BPETokenizer, CharTokenizer, WordTokenizer, bytes_to_unicode,
                             load_tokenizer, save_tokenizer, tokenizer_from_dict, tokenizer_to_dict)
+from test_ch05_weights import hf_state_dict
 from plumbing import DATA_DIR, REPO_DIR, ScriptError, check_temperature, run_main
 from p_layernorm_gelu_feedforward import FeedForward
 from s_gpt_model import GPTModel
@@ -575,6 +576,77 @@ def test_data_dir_and_checkpoint_dir(tmp_path, monkeypatch, capsys):
                          "--checkpoint", "second.pth", *args])
     assert final_run(runs / "second.pth")[0]["step_losses"] == \
         final_run(runs / "own_text.pth")[0]["step_losses"]  # the same text, found in --data-dir again
+
+
+TINY_GPT2 = {"vocab_size": 50257, "context_length": 32, "emb_dim": 8, "n_heads": 2, "n_layers": 1,
+             "drop_rate": 0.0, "qkv_bias": True}
+
+
+def init_run_args(story_file, checkpoint, *extra):
+    return ["--data", str(story_file), "--checkpoint", str(checkpoint), "--context-length", "16",
+            "--batch-size", "4", "--epochs", "1", "--eval-freq", "2", "--eval-iter", "1", "--seed", "7",
+            "--device", "cpu", "--sample-tokens", "3", *extra]
+
+
+def starting_weights(monkeypatch, argv):
+    """The model a run starts from, caught before its first step."""
+    caught = {}
+
+    def catch(run, stop_after=None):
+        caught.update(state=dict(run.model.state_dict()), cfg=run.cfg, settings=run.settings)
+        return run.state
+
+    monkeypatch.setattr(train_own_text, "train_own_model", catch)
+    train_own_text.main(argv)
+    monkeypatch.undo()
+    return caught
+
+
+def test_init_from_a_checkpoint_crops_the_context_and_resumes(story_file, tmp_path, monkeypatch,
+                                                                       gpt2_tokenizer):
+    torch.manual_seed(0)
+    start = save_checkpoint(tmp_path / "model_and_optimizer.pth", GPTModel(TINY_GPT2), TINY_GPT2)  # as u's
+    weights = torch.load(start, weights_only=True)["model_state_dict"]
+    caught = starting_weights(monkeypatch, init_run_args(story_file, tmp_path / "a.pth", "--init-from",
+                                                         str(start)))
+    assert caught["cfg"] == {**TINY_GPT2, "context_length": 16} and caught["settings"]["tokenizer"] == "gpt2"
+    for name, value in weights.items():  # crop_block_size: the first 16 positions
+        want = value[:16] if name == "pos_emb.weight" else \
+            value[:16, :16] if name.endswith("att.mask") else value
+        assert torch.equal(caught["state"][name], want), name
+    # Stopped and resumed, it continues as any run does (the checkpoint holds the cropped model).
+    train_own_text.main(init_run_args(story_file, tmp_path / "split.pth", "--init-from", str(start),
+                                      "--stop-after", "3"))
+    state = train_own_text.main(["--resume", "--checkpoint", str(tmp_path / "split.pth"), "--device", "cpu"])
+    assert state["global_step"] == 4 and len(state["step_losses"]) == 4
+    assert torch.load(tmp_path / "split.pth", weights_only=True)["run_settings"]["init_from"] == str(start)
+    for extra, message in ((["--emb-dim", "16"], "brings its own sizes and tokenizer; leave out --emb-dim"),
+                           (["--context-length", "64"], "can shrink, not grow")):
+        with pytest.raises(ScriptError, match=message):
+            train_own_text.main(init_run_args(story_file, tmp_path / "b.pth", "--init-from", str(start),
+                                              *extra))
+    with pytest.raises(ScriptError, match="'gpt3' is no checkpoint file and unknown GPT-2 model"):
+        train_own_text.main(init_run_args(story_file, tmp_path / "c.pth", "--init-from", "gpt3"))
+
+
+def test_init_from_gpt2_files_placed_by_hand(story_file, tmp_path, monkeypatch, gpt2_tokenizer):
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    hparams = {"n_vocab": 50257, "n_ctx": 32, "n_embd": 8, "n_head": 2, "n_layer": 1}
+    variables = openai_variables(hparams)
+    (tmp_path / "gpt2" / "124M").mkdir(parents=True)
+    safetensors_numpy.save_file(hf_state_dict(variables),
+                                str(tmp_path / "gpt2" / "124M" / "model.safetensors"))
+    (tmp_path / "gpt2" / "124M" / "config.json").write_text(json.dumps(
+        {"model_type": "gpt2", "vocab_size": 50257, "n_ctx": 32, "n_positions": 32, "n_embd": 8, "n_head": 2,
+         "n_layer": 1}), encoding="utf-8")
+    caught = starting_weights(monkeypatch, init_run_args(
+        story_file, tmp_path / "ft.pth", "--init-from", "gpt2-small (124M)", "--weights", "safetensors",
+        "--models-dir", str(tmp_path / "gpt2")))
+    assert torch.equal(caught["state"]["tok_emb.weight"], torch.from_numpy(variables["model/wte"]))
+    assert torch.equal(caught["state"]["pos_emb.weight"], torch.from_numpy(variables["model/wpe"][:16]))
+    assert torch.equal(caught["state"]["trf_blocks.0.ff.layers.2.bias"],
+                       torch.from_numpy(variables["model/h0/mlp/c_proj/b"]))
+    assert caught["cfg"]["context_length"] == 16 and caught["cfg"]["emb_dim"] == 8
 
 
 def test_too_short_text_is_a_clear_error(tmp_path):
