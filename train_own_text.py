@@ -14,24 +14,20 @@ Then: python generate_text.py "ROMEO:" --checkpoint outputs/own_text.pth
 """
 
 import argparse
-import time
 from collections import namedtuple
 from pathlib import Path
 
 import torch
-from torch.utils.data import Subset
 
-from appendix_d import lr_at_step
 from checkpoints import load_checkpoint
 from fast_pretraining import make_adamw
 from own_text_checkpoints import (Run, best_path, checkpoint_lock, new_train_state, plot_path, set_rng_states,
-                                  starting_model, write_best_checkpoint, write_checkpoint)
-from own_text_data import (build_tokenizer, epoch_order, loader, make_datasets, print_unknown_rate,
-                           text_digest, training_text)
-from own_tokenizers import ENDOFTEXT, save_tokenizer, tokenizer_from_dict, tokenizer_to_dict
+                                  starting_model)
+from own_text_data import build_tokenizer, make_datasets, print_unknown_rate, text_digest, training_text
+from own_text_training import print_sample, train_own_model
+from own_tokenizers import save_tokenizer, tokenizer_from_dict, tokenizer_to_dict
 from plumbing import OUTPUTS_DIR, ScriptError, add_device_arg, get_device, positive_int, run_main
 from s_gpt_model import GPTModel
-from u_pretraining import calc_loss_batch, evaluate_model, generate, generate_and_print_sample, plot_losses
 
 # A small GPT (3.2M parameters with the char tokenizer) that a laptop CPU can train. vocab_size
 # comes from the tokenizer. GPT-2 124M is {"context_length": 1024, "emb_dim": 768, "n_heads": 12,
@@ -78,8 +74,7 @@ QUICK_MAX_CHARS = 100_000  # --quick trains on the start of the text only
 
 DEFAULT_CHECKPOINT = "own_text.pth"  # under outputs/
 RESUME_HINT = "python train_own_text.py without --resume starts a run that writes it"
-SAMPLE_TOKENS = 100  # every run ends with a sample this long (--sample-tokens) ...
-SAMPLING = {"temperature": 0.8, "top_k": 50}  # ... drawn as generate_text.py draws by default
+SAMPLE_TOKENS = 100  # every run ends with a sample this long (--sample-tokens)
 
 # ---- the options: every flag once ----
 
@@ -281,97 +276,6 @@ def resume_run(checkpoint_path, device, data_dir=None):
                checkpoint_path, saved_step=state["global_step"])
 
 
-# ---- training ----
-
-def optimizer_step(run, input_batch, target_batch):
-    """One step of appendix D's training: the scheduled learning rate, the loss, clipping after warmup."""
-    settings, step = run.settings, run.state["global_step"]
-    lr = lr_at_step(step, settings["warmup_steps"], settings["total_steps"], settings["peak_lr"],
-                    settings["initial_lr"], settings["min_lr"])
-    for param_group in run.optimizer.param_groups:
-        param_group["lr"] = lr
-    run.optimizer.zero_grad()
-    loss = calc_loss_batch(input_batch, target_batch, run.model, run.device)
-    loss.backward()
-    if step >= settings["warmup_steps"]:
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_norm=1.0)
-    run.optimizer.step()
-    return loss.item(), lr
-
-
-def evaluate_and_record(run, eval_loaders, write):
-    state = run.state
-    train_loss, val_loss = evaluate_model(run.model, *eval_loaders, run.device, run.settings["eval_iter"])
-    state["train_losses"].append(train_loss)
-    state["val_losses"].append(val_loss)
-    state["track_tokens_seen"].append(state["tokens_seen"])
-    state["eval_steps"].append(state["global_step"])
-    write(f"Ep {state['epoch'] + 1} (Step {state['global_step']:06d}): "
-          f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
-    if state.get("best_val_loss") is None or val_loss < state["best_val_loss"]:
-        state["best_val_loss"], state["best_step"] = val_loss, state["global_step"]
-        write_best_checkpoint(run)
-
-
-def train_epoch(run, bar, eval_loaders, session, stop_after):
-    """The rest of the current epoch, in its shuffled order. True when the run ended inside it
-    (all steps done, or --stop-after reached); False when the epoch ran to its end."""
-    settings, state = run.settings, run.state
-    batch_size = settings["batch_size"]
-    order = epoch_order(len(run.train_set), settings["seed"], state["epoch"])
-    remaining = Subset(run.train_set, order[state["batch_in_epoch"] * batch_size:].tolist())
-    for input_batch, target_batch in loader(remaining, batch_size, drop_last=True):
-        loss, lr = optimizer_step(run, input_batch, target_batch)
-        state["global_step"] += 1
-        state["batch_in_epoch"] += 1
-        state["tokens_seen"] += input_batch.numel()
-        state["step_losses"].append(loss)
-        session["tokens"] += input_batch.numel()
-        session["steps"] += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}",
-                        tok_s=f"{session['tokens'] / (time.perf_counter() - session['start']):,.0f}")
-
-        done = state["global_step"] == settings["total_steps"]
-        if state["global_step"] % settings["eval_freq"] == 0 or state["global_step"] == 1 or done:
-            evaluate_and_record(run, eval_loaders, bar.write)
-        stopped = stop_after is not None and session["steps"] >= stop_after
-        if state["global_step"] % settings["checkpoint_every"] == 0 or done or stopped:
-            write_checkpoint(run)
-        if done or stopped:
-            return True
-    return False
-
-
-def train_own_model(run, stop_after=None):
-    """Chapter 5's loop, with appendix D's schedule and clipping, made resumable: it continues from
-    run.state (step, epoch, position in the epoch) and checkpoints every settings["checkpoint_every"]
-    steps. Then the loss plot, beside the checkpoint."""
-    from tqdm import tqdm
-
-    settings, state = run.settings, run.state
-    batch_size = settings["batch_size"]
-    eval_loaders = (loader(run.train_set, batch_size, drop_last=True),  # fixed batches to measure on
-                    loader(run.val_set, batch_size, drop_last=False))
-    session = {"start": time.perf_counter(), "tokens": 0, "steps": 0}
-    run.model.train()
-    with tqdm(total=settings["total_steps"], initial=state["global_step"], desc="training", unit="step",
-              dynamic_ncols=True, disable=None) as bar:
-        while state["global_step"] < settings["total_steps"]:
-            if train_epoch(run, bar, eval_loaders, session, stop_after):
-                break
-            with tqdm.external_write_mode():
-                print(f"Sample after epoch {state['epoch'] + 1}: ", end="")
-                generate_and_print_sample(run.model, run.tokenizer, run.device, settings["start_context"])
-            state["epoch"] += 1
-            state["batch_in_epoch"] = 0
-    steps_per_epoch = len(run.train_set) // batch_size
-    if steps_per_epoch and state["eval_steps"]:
-        plot_losses([step / steps_per_epoch for step in state["eval_steps"]], state["track_tokens_seen"],
-                    state["train_losses"], state["val_losses"], plot_path(run.path))
-    return state
-
-
 # ---- the entry point ----
 
 def print_summary(run):
@@ -380,19 +284,6 @@ def print_summary(run):
           f"device {run.device}")
     print(f"Data: {len(run.train_set):,} training and {len(run.val_set):,} validation windows; "
           f"{run.settings['total_steps']} steps of batch {run.settings['batch_size']}")
-
-
-def print_sample(run, prompt, num_tokens):
-    """Every run ends with a sample of the model as it is now, also one that stops early. Drawn after
-    the last checkpoint, so its random draws change nothing a resumed run computes."""
-    ids = run.tokenizer.encode(prompt, allowed_special={ENDOFTEXT}) or [run.tokenizer.eot_token]
-    torch.manual_seed(run.settings["seed"])
-    run.model.eval()
-    with torch.no_grad():
-        out = generate(run.model, torch.tensor([ids], device=run.device), num_tokens,
-                       run.cfg["context_length"], **SAMPLING)
-    print(f"Sample ({num_tokens} tokens, temperature {SAMPLING['temperature']}, top-k {SAMPLING['top_k']}):")
-    print(run.tokenizer.decode(out[0].tolist()))
 
 
 def print_next_steps(run):
