@@ -5,7 +5,7 @@ A model folder holds config.json, tokenizer.json and one or several *.safetensor
 model is built on the meta device and takes the file's tensors as its weights, so they are in
 memory once; bf16 weights stay bf16 unless --dtype says otherwise.
 
-Run: python llama_qwen_weights.py                         Qwen3-0.6B (1.5 GB download), chat
+Run: python llama_qwen_weights.py                         Qwen3-0.6B (downloaded once), chat
      python llama_qwen_weights.py --prompt "Why is the sky blue?" --thinking
      python llama_qwen_weights.py --model-dir data/Llama-3.2-1B-Instruct
 Llama 3.2 is gated: accept Meta's license on huggingface.co, download the folder (config.json,
