@@ -300,6 +300,21 @@ def openai_variables(hparams, seed=123):
     return variables
 
 
+def hf_state_dict(variables, prefix="transformer."):
+    """The same weights under Hugging Face's GPT-2 names (its Conv1D keeps OpenAI's [nx, nf])."""
+    state = {}
+    for name, value in variables.items():
+        parts = name.split("/")[1:]  # ["h0", "attn", "c_attn", "w"], ["ln_f", "g"] or ["wte"]
+        if parts[0].startswith("h"):
+            parts = ["h", parts[0][1:], *parts[1:]]
+        if parts[-1] in ("w", "g", "b"):
+            parts[-1] = "bias" if parts[-1] == "b" else "weight"
+        else:
+            parts.append("weight")
+        state[prefix + ".".join(parts)] = value[0] if value.ndim == 3 else value
+    return state
+
+
 def write_openai_checkpoint(model_dir, hparams, variables):
     """Write the seven files of OpenAI's release: a TF1 Saver checkpoint (checkpoint,
     model.ckpt.index/.data-00000-of-00001/.meta), hparams.json, and stand-ins for the tokenizer

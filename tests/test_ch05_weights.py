@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import openai_variables, write_openai_checkpoint
+from conftest import hf_state_dict, openai_variables, write_openai_checkpoint
 
 import gpt_download
 from gpt_download import download_and_load_gpt2, load_gpt2_params_from_tf_ckpt
@@ -22,21 +22,6 @@ from v_load_gpt2_weights import (BASE_CONFIG, assign, gpt2_config, gpt2_model_na
 
 TINY_HPARAMS = {"n_vocab": 64, "n_ctx": 16, "n_embd": 32, "n_head": 2, "n_layer": 2}
 TOLERANCE = 1e-4  # max abs difference of the logits from transformers'
-
-
-def hf_state_dict(variables, prefix="transformer."):
-    """The same weights under Hugging Face's GPT-2 names (its Conv1D keeps OpenAI's [nx, nf])."""
-    state = {}
-    for name, value in variables.items():
-        parts = name.split("/")[1:]  # ["h0", "attn", "c_attn", "w"], ["ln_f", "g"] or ["wte"]
-        if parts[0].startswith("h"):
-            parts = ["h", parts[0][1:], *parts[1:]]
-        if parts[-1] in ("w", "g", "b"):
-            parts[-1] = "bias" if parts[-1] == "b" else "weight"
-        else:
-            parts.append("weight")
-        state[prefix + ".".join(parts)] = value[0] if value.ndim == 3 else value
-    return state
 
 
 def hf_gpt2(variables, hparams):
