@@ -18,7 +18,7 @@ import time
 import torch
 
 from fast_pretraining import train_step
-from gpt_to_llama import LLAMA32_CONFIG_1B, Llama3Model
+from gpt_to_llama import LLAMA32_CONFIG_1B, Llama3Model, count
 from llama_to_qwen3 import Qwen3Model
 from plumbing import add_device_arg, get_device, output_path, positive_int, run_main, save_figure
 from s_gpt_model import GPTModel
@@ -48,10 +48,6 @@ QUICK_SETTINGS = {**TRAIN_SETTINGS, "eval_freq": 2, "eval_iter": 1}
 QUICK_MAX_STEPS, QUICK_MAX_CHARS = 4, 3_000
 
 DATA = ("verdict", "shakespeare")
-
-
-def count(model):
-    return sum(p.numel() for p in model.parameters())
 
 
 def matched_hidden_dim(cfg, target_params, model_class):

@@ -1,6 +1,7 @@
 """gpt_to_llama.py and llama_to_qwen3.py: every component against Hugging Face transformers' Llama
 and Qwen3 modules with copied weights, the walk-throughs' claims, and the KV cache."""
 
+import json
 import re
 
 import pytest
@@ -157,7 +158,7 @@ def test_walk_through_swapped_gpt_model_is_llama3_model(capsys, gpt2_tokenizer):
         assert f"{expected:,}" in line
     assert "Llama 3.2 1B (LLAMA32_CONFIG_1B): 1,235,814,400 parameters" in out
     scores = out.split("at positions 0, 100, 1000: ")[1].splitlines()[0]
-    first, *others = eval(scores)  # RoPE: the score depends on the distance only
+    first, *others = json.loads(scores)  # RoPE: the score depends on the distance only
     assert all(abs(other - first) < 1e-3 for other in others)
 
 
