@@ -26,7 +26,7 @@ from plumbing import (
     DownloadError,
     ScriptError,
     add_device_arg,
-    download_file,
+    download_files,
     get_device,
     positive_int,
     run_main,
@@ -177,19 +177,28 @@ def model_from_hf_dir(path, dtype=None):
     return model.eval(), cfg
 
 
+def check_safetensors(path):
+    """download_files' check of a weights file: its header must parse and cover the whole file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as file:
+            file.keys()
+    except SafetensorError as error:
+        raise ValueError(f"not a complete safetensors file: {error}") from None
+
+
 def download_qwen3(model_dir=QWEN3_DIR, base_url=QWEN3_URL):
-    """Download Qwen3-0.6B's files into model_dir (each skipped when already there)."""
+    """Download Qwen3-0.6B's files into model_dir; files already there are checked, not fetched.
+    The JSON files must parse and the weights' header must cover the file (no checksums here)."""
     model_dir = Path(model_dir)
-    failed = []
-    for name in QWEN3_FILES:
-        try:
-            download_file(base_url + name, model_dir / name)
-        except DownloadError as error:
-            failed.append(f"{name}: {str(error).splitlines()[1].strip()}")
-    if failed:
-        by_hand = "\n".join(f"  {base_url}{name} -> {model_dir / name}" for name in QWEN3_FILES)
-        raise ScriptError("could not download Qwen3-0.6B (" + "; ".join(failed) + ").\nIf this machine "
-                          f"is offline, download these files elsewhere and put them here:\n{by_hand}")
+    try:
+        download_files([{"url": base_url + name, "destination": model_dir / name,
+                         "validate": check_safetensors if name.endswith(".safetensors") else None}
+                        for name in QWEN3_FILES])
+    except DownloadError as error:
+        every_file = "\n".join(f"  {base_url}{name} -> {model_dir / name}" for name in QWEN3_FILES)
+        raise ScriptError(f"{error}\nQwen3-0.6B is these files:\n{every_file}") from error
     return model_dir
 
 

@@ -201,10 +201,16 @@ def test_offline_download_names_every_file(tmp_path, local_server):
     with pytest.raises(ScriptError) as error:
         download_qwen3(tmp_path / "qwen3", base_url=local_server.base_url + "/")
     message = str(error.value)
+    assert message.startswith("could not download tokenizer.json, model.safetensors:")
     for name in QWEN3_FILES:
         assert f"{local_server.base_url}/{name} -> {tmp_path / 'qwen3' / name}" in message
-    assert "tokenizer.json: " in message and "model.safetensors: " in message
     assert sorted(p.name for p in (tmp_path / "qwen3").iterdir()) == ["config.json"]  # nothing half-written
+    # A weights file that stopped early is not taken for a download.
+    local_server.add("/tokenizer.json", "{}")
+    local_server.add("/model.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(ScriptError, match="model.safetensors.*not a complete safetensors file"):
+        download_qwen3(tmp_path / "qwen3", base_url=local_server.base_url + "/")
+    assert not (tmp_path / "qwen3" / "model.safetensors").exists()
 
 
 def test_script_chats_with_a_model_folder(tmp_path):
