@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import Subset
 
 from appendix_d import lr_at_step
+from fast_pretraining import accumulation_groups, autocast_context, autocast_dtype_for, enable_fast_math
 from own_text_checkpoints import plot_path, write_best_checkpoint, write_checkpoint
 from own_text_data import epoch_order, loader
 from own_tokenizers import ENDOFTEXT
@@ -16,20 +17,26 @@ from u_pretraining import calc_loss_batch, evaluate_model, generate, generate_an
 SAMPLING = {"temperature": 0.8, "top_k": 50}  # the sample's draws, as generate_text.py's defaults
 
 
-def optimizer_step(run, input_batch, target_batch):
-    """One step of appendix D's training: the scheduled learning rate, the loss, clipping after warmup."""
+def optimizer_step(run, batches, trained_model, autocast_dtype):
+    """One step of appendix D's training: the scheduled learning rate, the loss of `batches` (their
+    gradients add up, as fast_pretraining.train_step's do), clipping after warmup. Returns the mean
+    loss and the learning rate."""
     settings, step = run.settings, run.state["global_step"]
     lr = lr_at_step(step, settings["warmup_steps"], settings["total_steps"], settings["peak_lr"],
                     settings["initial_lr"], settings["min_lr"])
     for param_group in run.optimizer.param_groups:
         param_group["lr"] = lr
     run.optimizer.zero_grad()
-    loss = calc_loss_batch(input_batch, target_batch, run.model, run.device)
-    loss.backward()
+    losses = []
+    for input_batch, target_batch in batches:
+        with autocast_context(run.device, autocast_dtype):
+            loss = calc_loss_batch(input_batch, target_batch, trained_model, run.device)
+        (loss / len(batches)).backward()  # backward runs in the forward pass's dtypes
+        losses.append(loss.item())
     if step >= settings["warmup_steps"]:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_norm=1.0)
     run.optimizer.step()
-    return loss.item(), lr
+    return sum(losses) / len(losses), lr
 
 
 def evaluate_and_record(run, eval_loaders, write):
@@ -46,20 +53,24 @@ def evaluate_and_record(run, eval_loaders, write):
         write_best_checkpoint(run)
 
 
-def train_epoch(run, bar, eval_loaders, session, stop_after):
+def train_epoch(run, bar, eval_loaders, session, stop_after, trained_model, autocast_dtype):
     """The rest of the current epoch, in its shuffled order. True when the run ended inside it
     (all steps done, or --stop-after reached); False when the epoch ran to its end."""
     settings, state = run.settings, run.state
     batch_size = settings["batch_size"]
     order = epoch_order(len(run.train_set), settings["seed"], state["epoch"])
     remaining = Subset(run.train_set, order[state["batch_in_epoch"] * batch_size:].tolist())
-    for input_batch, target_batch in loader(remaining, batch_size, drop_last=True):
-        loss, lr = optimizer_step(run, input_batch, target_batch)
+    grad_accum = settings.get("grad_accum", 1)  # not in the checkpoints of older versions
+    for batches in accumulation_groups(loader(remaining, batch_size, drop_last=True), grad_accum):
+        if len(batches) < grad_accum:
+            break  # the end of the epoch: too few batches left for a whole step
+        loss, lr = optimizer_step(run, batches, trained_model, autocast_dtype)
+        num_tokens = sum(input_batch.numel() for input_batch, _ in batches)
         state["global_step"] += 1
-        state["batch_in_epoch"] += 1
-        state["tokens_seen"] += input_batch.numel()
+        state["batch_in_epoch"] += len(batches)
+        state["tokens_seen"] += num_tokens
         state["step_losses"].append(loss)
-        session["tokens"] += input_batch.numel()
+        session["tokens"] += num_tokens
         session["steps"] += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}",
@@ -76,6 +87,25 @@ def train_epoch(run, bar, eval_loaders, session, stop_after):
     return False
 
 
+def fast_paths(run):
+    """(the model to train, the autocast dtype) for the run's settings: with "fast", bfloat16 autocast
+    where native (or --dtype) and TF32 on CUDA; with "compile", torch.compile's wrapper, which trains
+    the same parameters that run.model holds and saves."""
+    settings = run.settings
+    autocast_dtype = None
+    if settings.get("fast"):
+        enable_fast_math(run.device)
+        autocast_dtype = autocast_dtype_for(settings["dtype"], run.device)
+    trained_model = torch.compile(run.model) if settings.get("compile") else run.model
+    used = (["fast path"] if settings.get("fast") else []) + \
+        ([f"{autocast_dtype} autocast".replace("torch.", "")] if autocast_dtype else []) + \
+        (["torch.compile"] if settings.get("compile") else []) + \
+        ([f"{settings['grad_accum']} batches per step"] if settings.get("grad_accum", 1) > 1 else [])
+    if used:
+        print("Using:", ", ".join(used))
+    return trained_model, autocast_dtype
+
+
 def train_own_model(run, stop_after=None):
     """Chapter 5's loop, with appendix D's schedule and clipping, made resumable: it continues from
     run.state (step, epoch, position in the epoch) and checkpoints every settings["checkpoint_every"]
@@ -87,18 +117,19 @@ def train_own_model(run, stop_after=None):
     eval_loaders = (loader(run.train_set, batch_size, drop_last=True),  # fixed batches to measure on
                     loader(run.val_set, batch_size, drop_last=False))
     session = {"start": time.perf_counter(), "tokens": 0, "steps": 0}
+    trained_model, autocast_dtype = fast_paths(run)
     run.model.train()
     with tqdm(total=settings["total_steps"], initial=state["global_step"], desc="training", unit="step",
               dynamic_ncols=True, disable=None) as bar:
         while state["global_step"] < settings["total_steps"]:
-            if train_epoch(run, bar, eval_loaders, session, stop_after):
+            if train_epoch(run, bar, eval_loaders, session, stop_after, trained_model, autocast_dtype):
                 break
             with tqdm.external_write_mode():
                 print(f"Sample after epoch {state['epoch'] + 1}: ", end="")
                 generate_and_print_sample(run.model, run.tokenizer, run.device, settings["start_context"])
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
-    steps_per_epoch = len(run.train_set) // batch_size
+    steps_per_epoch = len(run.train_set) // batch_size // settings.get("grad_accum", 1)
     if steps_per_epoch and state["eval_steps"]:
         plot_losses([step / steps_per_epoch for step in state["eval_steps"]], state["track_tokens_seen"],
                     state["train_losses"], state["val_losses"], plot_path(run.path))

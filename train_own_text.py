@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from checkpoints import load_checkpoint
-from fast_pretraining import make_adamw
+from fast_pretraining import fast_config, make_adamw
 from own_text_checkpoints import (Run, best_path, checkpoint_lock, new_train_state, plot_path, set_rng_states,
                                   starting_model)
 from own_text_data import build_tokenizer, make_datasets, print_unknown_rate, text_digest, training_text
@@ -60,6 +60,10 @@ TRAIN_SETTINGS = {
     "eval_iter": 10,          # ... on 10 batches of each split
     "checkpoint_every": 100,  # and write a checkpoint every 100 steps (and at the end)
     "seed": 123,
+    "fast": False,            # chapter 5's fast path (fast_pretraining.py), see --fast
+    "dtype": "auto",          # --fast: bfloat16 autocast where the hardware computes it natively
+    "compile": False,         # torch.compile
+    "grad_accum": 1,          # batches whose gradients add up before one optimizer step
     "start_context": None,    # None: the first 20 characters of the training text
     "init_from": None,        # None: a new model from the seed; else a GPT-2 size or a checkpoint to continue
     "weights": "tf",          # --init-from GPT-2: OpenAI's TensorFlow files or Hugging Face's safetensors
@@ -104,6 +108,14 @@ OPTIONS = (
     Option("--checkpoint-every", positive_int, "settings.checkpoint_every",
            "write a checkpoint every this many steps (and at the end)"),
     Option("--seed", int, "settings.seed", "seed of the model's weights, the order and dropout"),
+    Option("--fast", "flag", "settings.fast", "chapter 5's fast path (fast_pretraining.py): fused attention, "
+           "LayerNorm and GELU (the same weights), fused AdamW, bfloat16 autocast where the hardware "
+           "computes it natively, TF32 matmuls on CUDA"),
+    Option("--dtype", ("auto", "float32", "bfloat16"), "settings.dtype", "with --fast: the autocast dtype "
+           "(auto: bfloat16 where native, else float32)"),
+    Option("--compile", "flag", "settings.compile", "torch.compile the model (the first steps compile it)"),
+    Option("--grad-accum", positive_int, "settings.grad_accum", "batches whose gradients add up before one "
+           "optimizer step: the same step as a --batch-size N times larger, in less memory"),
     Option("--context-length", positive_int, "cfg.context_length", "tokens per window"),
     Option("--emb-dim", positive_int, "cfg.emb_dim", "embedding width"),
     Option("--n-layers", positive_int, "cfg.n_layers", "transformer blocks"),
@@ -192,6 +204,8 @@ def settings_from_args(args):
                           + ", ".join(fixed_by_start))
     if args.vocab_size and args.bpe_merges:
         raise ScriptError("give --vocab-size or --bpe-merges, not both: the vocabulary size sets the merges")
+    if settings["fast"]:
+        cfg = fast_config(cfg)  # stored in the checkpoint: every loader rebuilds the fast modules
     if args.bpe_path:
         if args.tokenizer not in (None, "bpe"):
             raise ScriptError(f"--bpe-path loads a BPE tokenizer; it does not go with --tokenizer "
@@ -211,7 +225,8 @@ def new_model_and_optimizer(cfg, settings, device, model=None):
     torch.manual_seed(settings["seed"])
     model = GPTModel(cfg) if model is None else model
     model.to(device)
-    optimizer = make_adamw(model.parameters(), lr=settings["peak_lr"], weight_decay=settings["weight_decay"])
+    optimizer = make_adamw(model.parameters(), lr=settings["peak_lr"], weight_decay=settings["weight_decay"],
+                           fused=settings.get("fast", False))
     return model, optimizer
 
 
@@ -241,7 +256,10 @@ def start_run(args, checkpoint_path, device):
     train_set, val_set = make_datasets(train_text, val_text, tokenizer, cfg["context_length"],
                                        settings["batch_size"])
     print_unknown_rate(tokenizer, val_text)
-    steps_per_epoch = len(train_set) // settings["batch_size"]
+    steps_per_epoch = len(train_set) // settings["batch_size"] // settings["grad_accum"]
+    if steps_per_epoch < 1:
+        raise ScriptError(f"--grad-accum {settings['grad_accum']} asks for more batches than the "
+                          f"{len(train_set) // settings['batch_size']} of an epoch")
     total_steps = steps_per_epoch * settings["num_epochs"]
     if settings["max_steps"]:
         total_steps = min(total_steps, settings["max_steps"])

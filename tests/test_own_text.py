@@ -650,6 +650,50 @@ def test_init_from_gpt2_files_placed_by_hand(story_file, tmp_path, monkeypatch, 
     assert caught["cfg"]["context_length"] == 16 and caught["cfg"]["emb_dim"] == 8
 
 
+def test_fast_path_follows_the_book_path(story_file, tmp_path, capsys):
+    book = train_own_text.main(tiny_run_args(story_file, tmp_path / "book.pth", "--epochs", "1"))
+    fast = train_own_text.main(tiny_run_args(story_file, tmp_path / "fast.pth", "--epochs", "1", "--fast",
+                                             "--dtype", "float32"))
+    assert "Using: fast path" in capsys.readouterr().out
+    # The same seed gives the same weights and dropout masks: only the rounding differs.
+    assert fast["step_losses"] == pytest.approx(book["step_losses"], abs=1e-4)
+    book_cfg = torch.load(tmp_path / "book.pth", weights_only=True)["config"]
+    assert torch.load(tmp_path / "fast.pth", weights_only=True)["config"] == {
+        **book_cfg, "attention": "fast", "fast_layers": True}  # what every loader rebuilds
+
+
+def test_fast_path_with_bfloat16_and_accumulation_resumes_exactly(story_file, tmp_path):
+    args = ["--fast", "--dtype", "bfloat16", "--batch-size", "8", "--grad-accum", "2", "--epochs", "1"]
+    full = train_own_text.main(tiny_run_args(story_file, tmp_path / "full.pth", *args))
+    train_own_text.main(tiny_run_args(story_file, tmp_path / "split.pth", *args, "--stop-after", "3"))
+    train_own_text.main(["--resume", "--checkpoint", str(tmp_path / "split.pth"), "--device", "cpu"])
+    assert full["global_step"] == 4 and full["step_losses"][-1] < full["step_losses"][0]
+    assert_same_run(final_run(tmp_path / "split.pth"), final_run(tmp_path / "full.pth"))
+
+
+def test_gradient_accumulation_is_the_larger_batch(story_file, tmp_path):
+    runs = {}
+    for name, extra in (("big", ["--batch-size", "16"]),
+                        ("accum", ["--batch-size", "8", "--grad-accum", "2"])):
+        runs[name] = train_own_text.main(tiny_run_args(story_file, tmp_path / f"{name}.pth", "--epochs", "1",
+                                                       "--drop-rate", "0", *extra))
+    assert runs["accum"]["global_step"] == runs["big"]["global_step"] == 4
+    assert runs["accum"]["step_losses"] == pytest.approx(runs["big"]["step_losses"], abs=1e-5)
+    big, accum = final_run(tmp_path / "big.pth")[1], final_run(tmp_path / "accum.pth")[1]
+    assert all(torch.allclose(accum[name], big[name], atol=1e-5) for name in big)
+    with pytest.raises(ScriptError, match="--grad-accum 5 asks for more batches than the 4 of an epoch"):
+        train_own_text.main(tiny_run_args(story_file, tmp_path / "c.pth", "--grad-accum", "5"))
+
+
+def test_compile_trains_the_compiled_wrapper(story_file, tmp_path, monkeypatch, capsys):
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)  # takes long
+    train_own_text.main(tiny_run_args(story_file, tmp_path / "c.pth", "--epochs", "1", "--compile"))
+    assert [type(model).__name__ for model in compiled] == ["GPTModel"]
+    assert "Using: torch.compile" in capsys.readouterr().out
+    assert torch.load(tmp_path / "c.pth", weights_only=True)["run_settings"]["compile"] is True
+
+
 def test_too_short_text_is_a_clear_error(tmp_path):
     short = tmp_path / "short.txt"
     short.write_text("Only a few words here.", encoding="utf-8")
