@@ -5,10 +5,11 @@ Ollama serves open models on this machine (https://ollama.com); its /api/chat an
 as JSON lines. Not a chapter: x_finetune_instructions.py imports it.
 """
 
+import contextlib
 import http.client
 import json
 import socket
-import time
+import threading
 import urllib.parse
 
 from plumbing import ScriptError
@@ -24,33 +25,63 @@ def ollama_setup_hint(model):
             f"`ollama pull {model}`")
 
 
-def _connection(url, timeout):
+@contextlib.contextmanager
+def _connected(url, timeout):
+    """An open HTTP connection to the server of `url` that is cut at `timeout` seconds, whatever the
+    server does (trickles bytes, streams without end). Yields (connection, path, expired); expired
+    is set once the deadline has cut the connection."""
     parts = urllib.parse.urlsplit(url)
     connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    return connection_class(parts.hostname or "localhost", parts.port, timeout=timeout), parts
+    connection = connection_class(parts.hostname or "localhost", parts.port, timeout=timeout)
+    expired = threading.Event()
+
+    def cut(sock):
+        expired.set()
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)  # wakes the read that waits: it sees the end
+
+    try:
+        connection.connect()
+        # the socket itself: the response reads from it even after the connection lets it go
+        watchdog = threading.Timer(timeout, cut, args=(connection.sock,))
+        watchdog.start()
+        try:
+            yield connection, parts.path or "/", expired
+        finally:
+            watchdog.cancel()
+    finally:
+        connection.close()
+
+
+def _answer(error):
+    """What a non-HTTP program said, on one line: BadStatusLine: 'SSH-2.0-OpenSSH_9.6'."""
+    return f"{type(error).__name__}: {str(error).strip()[:80]!r}"
 
 
 def ollama_problem(url=OLLAMA_URL, timeout=3):
     """Why no Ollama server can judge at the address of `url`, as a sentence naming it, or None when
     an HTTP server answers there (Ollama's root page says "Ollama is running")."""
-    connection, _ = _connection(url, timeout)
     try:
-        connection.request("GET", "/")
-        connection.getresponse().read()
+        with _connected(url, timeout) as (connection, _, expired):
+            try:
+                connection.request("GET", "/")
+                connection.getresponse()  # the status line is enough; the body may never end
+            except (OSError, http.client.HTTPException):
+                if expired.is_set():
+                    raise TimeoutError from None
+                raise
         return None  # any HTTP answer, also an error status, is a server
     except ConnectionRefusedError:
         return f"no Ollama server answers at {url} (connection refused)"
     except http.client.RemoteDisconnected:
         return f"the server at {url} closed the connection without answering"
     except http.client.HTTPException as error:
-        return (f"the program at {url} does not answer in HTTP ({type(error).__name__}: {error}); is that "
+        return (f"the program at {url} does not answer in HTTP ({_answer(error)}); is that "
                 "Ollama's address? (--ollama-url)")
     except TimeoutError:
         return f"nothing answered at {url} within {timeout:g} s"
     except OSError as error:
         return f"cannot connect to {url} ({error.strerror or error})"
-    finally:
-        connection.close()
 
 
 def is_ollama_running(url=OLLAMA_URL, timeout=3):
@@ -58,39 +89,20 @@ def is_ollama_running(url=OLLAMA_URL, timeout=3):
     return ollama_problem(url, timeout) is None
 
 
-def _read_lines(response, sock, deadline):
-    """The answer's lines, with the whole answer, not each read, bounded by `deadline`: a server
-    that trickles bytes or streams without end stops at the deadline too."""
-    buffer = b""
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        sock.settimeout(remaining)
-        block = response.read1(1 << 16)
-        if not block:
-            break
-        *lines, buffer = (buffer + block).split(b"\n")
-        yield from lines
-    if buffer:
-        yield buffer
-
-
 class _HTTPStatus(Exception):
     """The server answered in HTTP, but not with 200."""
 
 
-def _chat(connection, path, data, deadline):
+def _chat(connection, path, data):
     """Post `data` to Ollama's chat API and return the streamed reply's text."""
     connection.request("POST", path, body=json.dumps(data).encode("utf-8"),
                        headers={"Content-Type": "application/json"})
-    sock = connection.sock  # the response reads from it even after the connection lets it go
     response = connection.getresponse()
     if response.status != 200:
         detail = response.read().decode("utf-8", errors="replace").strip()
         raise _HTTPStatus(response.status, detail)
     reply = ""
-    for line in _read_lines(response, sock, deadline):
+    for line in response:
         if not line.strip():
             continue
         message = json.loads(line.decode("utf-8"))
@@ -110,13 +122,17 @@ def query_model(prompt, model="llama3", url=OLLAMA_URL, timeout=JUDGE_TIMEOUT):
         "messages": [{"role": "user", "content": prompt}],
         "options": {"seed": 123, "temperature": 0, "num_ctx": 2048},  # deterministic replies
     }
-    deadline = time.monotonic() + timeout
-    connection, parts = _connection(url, timeout)
     try:
-        return _chat(connection, parts.path or "/", data, deadline)
+        with _connected(url, timeout) as (connection, path, expired):
+            try:
+                return _chat(connection, path, data)
+            except (OSError, http.client.HTTPException, ValueError):
+                if expired.is_set():  # the deadline cut the connection: not the server's doing
+                    raise TimeoutError from None
+                raise
     except ScriptError as error:
         raise ScriptError(f"{error} (at {url})") from error
-    except (TimeoutError, socket.timeout) as error:
+    except TimeoutError as error:
         raise ScriptError(f"the Ollama server at {url} did not answer within {timeout:g} s (for the whole "
                           "answer); a judge on a slow machine may need more: --judge-timeout SECONDS") \
             from error
@@ -131,7 +147,7 @@ def query_model(prompt, model="llama3", url=OLLAMA_URL, timeout=JUDGE_TIMEOUT):
         hint = f"; fetch the model with `ollama pull {model}`" if "not found" in detail else ""
         raise ScriptError(f"the Ollama server at {url} answered HTTP {status}: {detail}{hint}") from error
     except http.client.HTTPException as error:
-        raise ScriptError(f"the program at {url} does not answer in HTTP ({type(error).__name__}: {error}); "
+        raise ScriptError(f"the program at {url} does not answer in HTTP ({_answer(error)}); "
                           "is Ollama running at that address? check --ollama-url") from error
     except OSError as error:
         raise ScriptError(f"cannot connect to {url} ({error.strerror or error}); "
@@ -139,5 +155,3 @@ def query_model(prompt, model="llama3", url=OLLAMA_URL, timeout=JUDGE_TIMEOUT):
     except (ValueError, KeyError, TypeError) as error:
         raise ScriptError(f"the server at {url} did not answer with Ollama's chat JSON lines "
                           f"({type(error).__name__}: {error}); check --ollama-url") from error
-    finally:
-        connection.close()

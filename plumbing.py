@@ -100,7 +100,7 @@ def write_atomically(path, write):
         if isinstance(error, RuntimeError) and "inline_container" not in str(error):
             raise
         reason = error.strerror if isinstance(error, OSError) and error.strerror else \
-            str(error).strip().splitlines()[-1]
+            f"the write stopped early, as on a full disk: {str(error).strip().splitlines()[-1]}"
         kept = "; the earlier file there is unchanged" if path.exists() else ""
         raise ScriptError(f"could not write {path} ({reason}){kept}. Free some disk space or make the "
                           "folder writable (LLM_OUTPUTS_DIR moves outputs/), then run again") from error
@@ -143,17 +143,18 @@ def file_sha256(path):
 
 # ---- downloads ----
 
-def check_structure(path):
-    """Raise ValueError when a file of a structured kind (by its suffix) is incomplete: a JSON file
-    must parse, a zip must open and list intact members. A transfer that stops early without a
-    Content-Length fails here."""
+def check_structure(path, suffix=None):
+    """Raise ValueError when a file of a structured kind (by `suffix`, default the path's) is
+    incomplete: a JSON file must parse, a zip must open and list intact members. A transfer that
+    stops early without a Content-Length fails here."""
     path = Path(path)
-    if path.suffix == ".json":
+    suffix = suffix or path.suffix
+    if suffix == ".json":
         try:
             json.loads(path.read_bytes())
         except ValueError as error:
             raise ValueError(f"not valid JSON: {error}") from None
-    elif path.suffix == ".zip":
+    elif suffix == ".zip":
         try:
             with zipfile.ZipFile(path) as archive:
                 if not archive.namelist() or archive.testzip() is not None:
@@ -162,8 +163,8 @@ def check_structure(path):
             raise ValueError(f"not a complete zip archive: {error}") from None
 
 
-def _check_file(path, expected_sha256, expected_size, validate):
-    """The first way in which the file at `path` is not the expected one, or None."""
+def _check_file(path, expected_sha256, expected_size, validate, suffix):
+    """The first way in which the file at `path` (named ...`suffix`) is not the expected one, or None."""
     size = path.stat().st_size
     if expected_size is not None and size != expected_size:
         return f"it has {size} bytes, expected {expected_size}"
@@ -171,9 +172,9 @@ def _check_file(path, expected_sha256, expected_size, validate):
         return None if file_sha256(path) == expected_sha256 else \
             "its SHA-256 checksum does not match the published one"
     try:
-        (validate or check_structure)(path)
+        validate(path) if validate else check_structure(path, suffix)
     except ValueError as error:
-        return f"it is incomplete or damaged: {error}"
+        return f"it is incomplete or damaged ({error})"
     return None
 
 
@@ -266,7 +267,7 @@ def _fetch(url, destination, expected_sha256, expected_size, validate, timeout):
         with _removed_on_termination(temp_path):
             with os.fdopen(handle, "wb") as file:
                 _transfer(url, file, destination.name, timeout)
-            problem = _check_file(temp_path, expected_sha256, expected_size, validate)
+            problem = _check_file(temp_path, expected_sha256, expected_size, validate, destination.suffix)
             if problem:
                 raise DownloadError(problem)
             os.replace(temp_path, destination)
@@ -293,11 +294,11 @@ def _check_present(url, destination, options):
     LLM_UNVERIFIED_DATA=1 accepts one that differs from the published file (your own text, a
     smaller data set), with a note that names it."""
     sha256, size, validate = (options.get(key) for key in ("expected_sha256", "expected_size", "validate"))
-    problem = _check_file(destination, sha256, size, validate)
+    problem = _check_file(destination, sha256, size, validate, destination.suffix)
     if problem and (sha256 or size) and os.environ.get("LLM_UNVERIFIED_DATA"):
         print(f"note: {destination} is not the published file ({problem}); using it as it is because "
               "LLM_UNVERIFIED_DATA is set", file=sys.stderr)
-        problem = _check_file(destination, None, None, validate)
+        problem = _check_file(destination, None, None, validate, destination.suffix)
     if problem:
         raise DownloadError(f"{destination} is not the expected file: {problem}. Delete it and run again "
                             f"to download it afresh, or put the right file there ({url})")
