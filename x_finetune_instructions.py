@@ -241,8 +241,9 @@ def score_responses_file(path, url, model, timeout=JUDGE_TIMEOUT):
     """--score-only: judge a responses file written by an earlier run, without training."""
     path = Path(path)
     if not path.exists():
-        raise ScriptError(f"no responses file at {path}; run python x_finetune_instructions.py first, "
-                          f"which writes outputs/{RESPONSES_FILE}")
+        raise ScriptError(f"no responses file at {path}; give --score-only the file that a run of "
+                          f"python x_finetune_instructions.py wrote: outputs/{RESPONSES_FILE}, or "
+                          f"outputs/quick/{RESPONSES_FILE} after --quick")
     with open(path, "r", encoding="utf-8") as file:
         try:
             json_data = json.load(file)

@@ -140,3 +140,12 @@ def test_judge_timeout_reaches_the_client(tmp_path, monkeypatch, raw_server):  #
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"error: the Ollama server at {url} did not answer within 0.3 s")
     assert f"--score-only {responses} --ollama-url {url} --judge-timeout 0.3" in result.stderr
+
+
+def test_score_only_without_the_file_names_the_path_given_and_where_runs_write(tmp_path):
+    with pytest.raises(ScriptError) as error:
+        x.score_responses_file(tmp_path / "given.json", x.OLLAMA_URL, "llama3")
+    assert str(error.value) == (f"no responses file at {tmp_path / 'given.json'}; give --score-only the file "
+                                "that a run of python x_finetune_instructions.py wrote: "
+                                "outputs/instruction-data-with-response.json, or "
+                                "outputs/quick/instruction-data-with-response.json after --quick")
