@@ -122,8 +122,7 @@ def prepare_spam_splits():
     df = read_sms_spam(DATA_FILE_PATH)
     if set(df["Label"]) != {"ham", "spam"}:
         raise ScriptError(f"{DATA_FILE_PATH} should label every message ham or spam, but has the labels "
-                          f"{sorted(map(str, set(df['Label'])))}; delete it and run again to download it "
-                          "afresh")
+                          f"{sorted(map(str, set(df['Label'])))}; delete it and download it again")
     balanced_df = create_balanced_dataset(df)
     labelled_df = balanced_df.assign(Label=balanced_df["Label"].map({"ham": 0, "spam": 1}))
     splits = random_split(labelled_df, 0.7, 0.1)
@@ -280,14 +279,12 @@ def fine_tune(model, train_loader, val_loader, device, settings):
 def plot_fine_tuning(results, settings, loss_plot_path, accuracy_plot_path=None):
     """Section 6.7's plots of a fine_tune run: the losses, and the accuracies where a path is given."""
     train_losses, val_losses, train_accs, val_accs, examples_seen = results
-    curves = [(train_losses, val_losses, "loss", loss_plot_path)]
-    if accuracy_plot_path is not None:
-        curves.append((train_accs, val_accs, "accuracy", accuracy_plot_path))
-    for train_values, val_values, label, path in curves:
-        epochs_tensor = torch.linspace(0, settings["num_epochs"], len(train_values))
-        examples_seen_tensor = torch.linspace(0, examples_seen, len(train_values))
-        print("Saved", plot_values(epochs_tensor, examples_seen_tensor, train_values, val_values, label,
-                                   path))
+    for train_values, val_values, label, path in [(train_losses, val_losses, "loss", loss_plot_path),
+                                                  (train_accs, val_accs, "accuracy", accuracy_plot_path)]:
+        if path is not None:
+            epochs = torch.linspace(0, settings["num_epochs"], len(train_values))
+            seen = torch.linspace(0, examples_seen, len(train_values))
+            print("Saved", plot_values(epochs, seen, train_values, val_values, label, path))
 
 
 def classify_review(text, model, tokenizer, device, max_length=None, pad_token_id=50256):
