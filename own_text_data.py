@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from d_tokenizer import get_gpt2_tokenizer
 from e_data_preparation import GPTDatasetV1
+from own_text_tokens import MemmapWindows, token_file
 from own_tokenizers import ENDOFTEXT, BPETokenizer, CharTokenizer, WordTokenizer, load_tokenizer
 from plumbing import DATA_DIR, ScriptError, download_file
 
@@ -131,13 +132,17 @@ def text_digest(*texts):
     return digest.hexdigest()
 
 
-def make_datasets(train_text, val_text, tokenizer, context_length, batch_size):
+def make_datasets(train_text, val_text, tokenizer, context_length, batch_size, token_folder=None):
     """Windows of context_length tokens (stride = context_length, as chapter 5), with clear errors
-    when a split is too short for one training batch or one validation window."""
+    when a split is too short for one training batch or one validation window. With token_folder,
+    the same windows over ids kept on disk there (own_text_tokens.py)."""
     datasets = []
     for name, text in (("training", train_text), ("validation", val_text)):
         try:
-            datasets.append(GPTDatasetV1(text, tokenizer, max_length=context_length, stride=context_length))
+            datasets.append(
+                GPTDatasetV1(text, tokenizer, max_length=context_length, stride=context_length)
+                if token_folder is None else
+                MemmapWindows(token_file(text, tokenizer, token_folder), context_length, context_length))
         except ValueError as error:
             raise ScriptError(f"the {name} text is too short: {error}. Use a longer text, or a smaller "
                               f"--context-length (now {context_length})") from None

@@ -26,7 +26,7 @@ from own_text_checkpoints import (Run, best_path, checkpoint_lock, new_train_sta
 from own_text_data import build_tokenizer, make_datasets, print_unknown_rate, text_digest, training_text
 from own_text_training import print_sample, train_own_model
 from own_tokenizers import save_tokenizer, tokenizer_from_dict, tokenizer_to_dict
-from plumbing import OUTPUTS_DIR, ScriptError, add_device_arg, get_device, positive_int, run_main
+from plumbing import DATA_DIR, OUTPUTS_DIR, ScriptError, add_device_arg, get_device, positive_int, run_main
 from s_gpt_model import GPTModel
 
 # A small GPT (3.2M parameters with the char tokenizer) that a laptop CPU can train. vocab_size
@@ -68,6 +68,7 @@ TRAIN_SETTINGS = {
     "init_from": None,        # None: a new model from the seed; else a GPT-2 size or a checkpoint to continue
     "weights": "tf",          # --init-from GPT-2: OpenAI's TensorFlow files or Hugging Face's safetensors
     "models_dir": None,       # ... in this folder (None: data/gpt2)
+    "memmap": False,          # see --memmap
     "quick": False,
 }
 
@@ -124,6 +125,8 @@ OPTIONS = (
     Option("--drop-rate", float, "cfg.drop_rate", "dropout rate"),
     Option("--start-context", str, "settings.start_context", "text to continue in the samples printed "
            "after each epoch (default: the first 20 characters of the training text)"),
+    Option("--memmap", "flag", "settings.memmap", "tokenise the text once into an array of ids in "
+           "<data-dir>/tokens (reused by later runs) and train from it through numpy.memmap"),
     Option("--init-from", str, "settings.init_from", "continue the training of OpenAI's GPT-2 (124M, 355M, "
            "774M, 1558M, or a name such as gpt2-medium) or of a checkpoint of the series (PATH) on your "
            "text; its sizes and tokenizer come with it, and --context-length may shrink its context"),
@@ -220,6 +223,11 @@ def ignored_on_resume(args):
 
 # ---- starting and resuming ----
 
+def token_folder(settings, data_dir):
+    """Where --memmap keeps the token arrays (None: the windows stay in memory)."""
+    return Path(data_dir or DATA_DIR) / "tokens" if settings.get("memmap") else None
+
+
 def new_model_and_optimizer(cfg, settings, device, model=None):
     """A new model from the seed (or the --init-from model, seeded the same for its dropout) and AdamW."""
     torch.manual_seed(settings["seed"])
@@ -254,7 +262,7 @@ def start_run(args, checkpoint_path, device):
         print("Saved the tokenizer to", save_tokenizer(tokenizer, tokenizer_path))
     cfg["vocab_size"] = tokenizer.n_vocab
     train_set, val_set = make_datasets(train_text, val_text, tokenizer, cfg["context_length"],
-                                       settings["batch_size"])
+                                       settings["batch_size"], token_folder(settings, args.data_dir))
     print_unknown_rate(tokenizer, val_text)
     steps_per_epoch = len(train_set) // settings["batch_size"] // settings["grad_accum"]
     if steps_per_epoch < 1:
@@ -283,7 +291,7 @@ def resume_run(checkpoint_path, device, data_dir=None):
         raise ScriptError(f"the text of {description} changed since {checkpoint_path} was written; "
                           "resume with the same text, or start a new run")
     train_set, val_set = make_datasets(train_text, val_text, tokenizer, cfg["context_length"],
-                                       settings["batch_size"])
+                                       settings["batch_size"], token_folder(settings, data_dir))
     print(f"Resuming {checkpoint_path} at step {state['global_step']} of {settings['total_steps']} "
           f"(epoch {state['epoch'] + 1}); the settings come from the checkpoint")
     model, optimizer = new_model_and_optimizer(cfg, settings, device)

@@ -11,6 +11,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from filelock import FileLock
@@ -18,6 +19,7 @@ from filelock import FileLock
 import generate_text
 import own_bpe
 import own_text_data
+import own_text_tokens
 import own_text_training
 import own_tokenizers
 import train_own_text
@@ -692,6 +694,41 @@ def test_compile_trains_the_compiled_wrapper(story_file, tmp_path, monkeypatch, 
     assert [type(model).__name__ for model in compiled] == ["GPTModel"]
     assert "Using: torch.compile" in capsys.readouterr().out
     assert torch.load(tmp_path / "c.pth", weights_only=True)["run_settings"]["compile"] is True
+
+
+def test_token_chunks_encode_as_the_whole_text(own_gpt2, gpt2_tokenizer):
+    text = (STORY + "\n  indented\n\n\tx\n" + ODD_TEXT) * 3
+    pieces = list(own_text_tokens.chunks(text, size=40))
+    assert "".join(pieces) == text and len(pieces) > 10
+    assert all(piece.endswith("\n") and not following[0].isspace()
+               for piece, following in zip(pieces, pieces[1:]))
+    for tokenizer in (gpt2_tokenizer, own_gpt2, BPETokenizer.train(text, 50), WordTokenizer.from_text(text),
+                      CharTokenizer.from_text(text)):
+        whole = tokenizer.encode(text, allowed_special={"<|endoftext|>"})
+        pieces_ids = [tokenizer.encode(piece, allowed_special={"<|endoftext|>"}) for piece in pieces]
+        assert [i for ids in pieces_ids for i in ids] == whole
+    assert own_text_tokens.token_dtype(50257) == np.uint16 and own_text_tokens.token_dtype(65537) == np.uint32
+
+
+def test_memmap_run_equals_the_in_memory_run_and_reuses_its_arrays(story_file, tmp_path, uninterrupted,
+                                                                   monkeypatch):
+    path, data_dir = tmp_path / "mapped.pth", tmp_path / "data"
+    train_own_text.main(tiny_run_args(story_file, path, "--memmap", "--data-dir", str(data_dir)))
+    assert_same_run(final_run(path), uninterrupted)  # the same windows, so the same run
+    arrays = sorted((data_dir / "tokens").iterdir())
+    assert [p.suffix for p in arrays] == [".uint16", ".uint16"]  # training and validation ids
+    train_text, val_text, _ = own_text_data.load_training_text(str(story_file), 0.9)
+    tokenizer = tokenizer_from_dict(torch.load(path, weights_only=True)["tokenizer"])
+    assert sorted(np.fromfile(p, dtype=np.uint16).tolist() for p in arrays) == sorted(
+        [tokenizer.encode(train_text), tokenizer.encode(val_text)])
+    stamps = [p.stat().st_mtime_ns for p in arrays]
+    monkeypatch.setattr(own_text_tokens, "chunks", lambda *args: pytest.fail("tokenised again"))
+    train_own_text.main(tiny_run_args(story_file, tmp_path / "again.pth", "--memmap", "--data-dir",
+                                      str(data_dir), "--stop-after", "5"))
+    assert [p.stat().st_mtime_ns for p in sorted((data_dir / "tokens").iterdir())] == stamps
+    train_own_text.main(["--resume", "--checkpoint", str(tmp_path / "again.pth"), "--data-dir",
+                         str(data_dir)])
+    assert_same_run(final_run(tmp_path / "again.pth"), uninterrupted)
 
 
 def test_too_short_text_is_a_clear_error(tmp_path):
