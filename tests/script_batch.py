@@ -6,10 +6,11 @@ would run it, so that a smoke test pays for importing torch (2-3 s) once instead
 JOBS.json is a list of {"script", "args", "env"}. Each job gets a fresh __main__, its own
 sys.argv and environment (LLM_DATA_DIR, LLM_OUTPUTS_DIR, proxies, ...), fresh copies of the
 repository's own modules (so plumbing reads that environment again), urllib's default opener
-rebuilt (it caches the proxies), and torch's random numbers as a new process starts them. What
-stays loaded between jobs is third-party code: torch, tiktoken, matplotlib, pandas. A script that
-only works after another script ran is therefore still caught, as long as the series keeps its
-rule that importing a script has no side effects.
+rebuilt (it caches the proxies), and torch's random numbers and print options as a new process
+has them (the scripts seed torch, and p and y turn off scientific notation). What stays loaded
+between jobs is third-party code: torch, tiktoken, matplotlib, pandas. So a script that works
+only after another one ran is still caught, as long as the series keeps its rule that importing
+a script has no side effects.
 
 Each job appends one JSON line to RESULTS.jsonl: {"script", "returncode", "stdout", "stderr"},
 with what the interpreter would print on exit (an uncaught traceback, sys.exit's message)."""
@@ -45,6 +46,7 @@ def run_job(script, args, env, torch_rng_state):
     urllib.request.install_opener(None)
     import torch
     torch.set_rng_state(torch_rng_state)
+    torch.set_printoptions(profile="default")  # also sci_mode=None, the default
     stdout, stderr, returncode = io.StringIO(), io.StringIO(), 0
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):

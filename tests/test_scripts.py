@@ -394,9 +394,9 @@ APPENDIX_A_LOSSES = "".join(f"Epoch: {epoch:03d}/003 | Batch {batch:03d}/002 | T
 
 
 @pytest.fixture(scope="module")
-def later(tmp_path_factory):
+def w_to_z(tmp_path_factory):
     """w, x, y and z in one process; w and z read the same stand-in for the UCI zip."""
-    folder = tmp_path_factory.mktemp("later")
+    folder = tmp_path_factory.mktemp("w_to_z")
     sms = data_folder(folder / "sms")
     sms_spam_zip(sms / "sms_spam_collection.zip")  # 60 ham, 30 spam: 42 / 6 / 12 after balancing
     instructions = data_folder(folder / "instructions",
@@ -422,14 +422,14 @@ def later(tmp_path_factory):
         "z": script_job("z_lora.py", "--quick", "--device", "cpu", data_dir=sms, outputs_dir=folder / "z"),
     })
     batch.server, batch.ollama_url, batch.no_ollama_url = server, ollama_url, no_ollama_url
-    batch.responses_path = responses_path
+    batch.responses = responses_path
     yield batch
     server.close()
 
 
-def test_w_finetune_classifier_quick(later):
-    data_dir, outputs_dir = later.folder / "sms", later.folder / "w"
-    out = succeeded(later.runs["w"])
+def test_w_finetune_classifier_quick(w_to_z):
+    data_dir, outputs_dir = w_to_z.folder / "sms", w_to_z.folder / "w"
+    out = succeeded(w_to_z.runs["w"])
     assert (data_dir / "sms_spam_collection" / "SMSSpamCollection.tsv").exists()  # extracted, renamed
     assert re.search(r"Labels in the full dataset:\nLabel\nham\s+60\nspam\s+30\n", out)
     assert re.search(r"Labels in the balanced dataset:\nLabel\nham\s+30\nspam\s+30\n", out)
@@ -451,15 +451,15 @@ def test_w_finetune_classifier_quick(later):
     assert checkpoint["model_state_dict"]["out_head.weight"].shape == (2, 32)
 
 
-def test_w_finetune_classifier_offline_gives_a_clear_message(later):
-    data_dir, result = later.folder / "no-data", later.runs["w offline"]
+def test_w_finetune_classifier_offline_gives_a_clear_message(w_to_z):
+    data_dir, result = w_to_z.folder / "no-data", w_to_z.runs["w offline"]
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: could not download sms_spam_collection.zip")
     assert "archive.ics.uci.edu" in result.stderr and "backblazeb2.com" in result.stderr
     assert f"put it at {data_dir / 'sms_spam_collection.zip'}" in result.stderr
 
-def test_x_finetune_instructions_quick_without_ollama(later):
-    out, outputs_dir, ollama_url = succeeded(later.runs["x"]), later.folder / "x", later.no_ollama_url
+def test_x_finetune_instructions_quick_without_ollama(w_to_z):
+    out, outputs_dir, ollama_url = succeeded(w_to_z.runs["x"]), w_to_z.folder / "x", w_to_z.no_ollama_url
     assert "Number of entries: 12\n" in out
     assert ("Entry 0 in the Alpaca prompt style:\nBelow is an instruction that describes a task. Write a "
             "response that appropriately completes the request.\n\n### Instruction:\nConvert the sentence "
@@ -488,19 +488,19 @@ def test_x_finetune_instructions_quick_without_ollama(later):
     assert checkpoint["model_state_dict"]["out_head.weight"].shape == (50257, 32)
 
 
-def test_x_finetune_instructions_score_only(later):
-    out, url, responses_path = succeeded(later.runs["x --score-only"]), later.ollama_url, later.responses_path
+def test_x_finetune_instructions_score_only(w_to_z):
+    out, url, responses_path = succeeded(w_to_z.runs["x --score-only"]), w_to_z.ollama_url, w_to_z.responses
     assert f"Scoring the 2 responses in {responses_path} with llama3 at {url}" in out
     assert "Dataset response:\n>> The mouse was chased by the cat.\n" in out
     assert "Score:\n>> 85\n" in out
     assert "Number of scores: 2 of 2\nAverage score: 85.00\n" in out
-    assert later.server.requests == ["/"] + ["/api/chat"] * 4  # 2 free-form answers, then 2 scores
-    assert not (later.folder / "x-score-only").exists()  # no training, nothing written
+    assert w_to_z.server.requests == ["/"] + ["/api/chat"] * 4  # 2 free-form answers, then 2 scores
+    assert not (w_to_z.folder / "x-score-only").exists()  # no training, nothing written
 
 
-def test_y_neural_network_basics(later):
-    outputs_dir = later.folder / "y"
-    assert_printed(succeeded(later.runs["y"]),
+def test_y_neural_network_basics(w_to_z):
+    outputs_dir = w_to_z.folder / "y"
+    assert_printed(succeeded(w_to_z.runs["y"]),
                    "tensor3d: ndim 3, shape (2, 2, 2)", "dtype of integers: torch.int64",
                    "torch.autograd.grad: grad L_w1 = -0.0898, grad L_b = -0.0817\n",
                    "loss.backward():     w1.grad = -0.0898, b.grad = -0.0817\n",
@@ -521,7 +521,7 @@ def test_y_neural_network_basics(later):
                    "torchrun --nproc_per_node=2 y_neural_network_basics.py --ddp")
     assert (outputs_dir / "appendix-a-model.pth").exists()
 
-    out = succeeded(later.runs["y --quick"])
+    out = succeeded(w_to_z.runs["y --quick"])
     assert "A.2 tensors" not in out and "Batch 1:" not in out  # the walk-through parts are skipped
     assert APPENDIX_A_LOSSES in out and "Training accuracy: 1.00 | Test accuracy: 1.00\n" in out
 
@@ -538,8 +538,8 @@ def test_y_ddp_with_torchrun_on_cpu(tmp_path):
     assert [p.name for p in outputs_dir.iterdir()] == ["appendix-a-model-ddp.pth"]
 
 
-def test_z_lora_quick(later):
-    out, outputs_dir = succeeded(later.runs["z"]), later.folder / "z"
+def test_z_lora_quick(w_to_z):
+    out, outputs_dir = succeeded(w_to_z.runs["z"]), w_to_z.folder / "z"
     assert_printed(out, "--quick: the first 80 examples of each split",
                    "5 training batches, 1 validation batches, 2 test batches (of 8 messages, 25 tokens)",
                    "note: --quick uses a tiny randomly initialised model",
