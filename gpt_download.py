@@ -21,11 +21,16 @@ GPT2_FILES = ("checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-000
               "model.ckpt.index", "model.ckpt.meta", "vocab.bpe")
 GPT2_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
 GPT2_BACKUP_URL = "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2"  # the book's mirror
-# (bytes, sha256) of the files whose published bytes are known: the tokenizer files, the same for
-# every size, whose hashes tiktoken pins too. The others are checked by their structure.
+# (bytes, sha256) of the files whose published bytes are known, by name (any size) or size/name: the
+# tokenizer files, the same for every size, whose hashes tiktoken pins too, and the Hub's gpt2 at
+# HF_REVISIONS["124M"] (the SHA-256 of model.safetensors is that of its LFS pointer). The others are
+# checked by their structure.
 GPT2_PINNED = {
     "encoder.json": (1_042_301, "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
     "vocab.bpe": (456_318, "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
+    "124M/config.json": (665, "0daed7749b4f02b8f76240d5444551d7b08712dab4d0adb8239c56ba823bb7b4"),
+    "124M/model.safetensors": (548_105_171,
+                               "248dfc3911869ec493c76e65bf2fcf7f615828b0254c12b473182f0f81d3a707"),
 }
 TF_DATA_FILE, TF_INDEX_FILE = "model.ckpt.data-00000-of-00001", "model.ckpt.index"
 
@@ -33,6 +38,7 @@ TF_DATA_FILE, TF_INDEX_FILE = "model.ckpt.data-00000-of-00001", "model.ckpt.inde
 HF_FILES = ("config.json", "model.safetensors")
 HF_URL = "https://huggingface.co/openai-community"
 HF_REPOS = {"124M": "gpt2", "355M": "gpt2-medium", "774M": "gpt2-large", "1558M": "gpt2-xl"}
+HF_REVISIONS = {"124M": "607a30d783dfa663caf39e06633721c8d4cfcd7e"}  # fixed bytes; the others: main
 
 
 def download_and_load_gpt2(model_size, models_dir=None, source="tf"):
@@ -53,11 +59,12 @@ def download_and_load_gpt2(model_size, models_dir=None, source="tf"):
         _import_tensorflow()  # fail before a download of up to 6 GB that could not be read
         files, url, backup = GPT2_FILES, f"{GPT2_URL}/{model_size}", f"{GPT2_BACKUP_URL}/{model_size}"
     else:
-        files, url, backup = HF_FILES, f"{HF_URL}/{HF_REPOS[model_size]}/resolve/main", None
+        revision = HF_REVISIONS.get(model_size, "main")
+        files, url, backup = HF_FILES, f"{HF_URL}/{HF_REPOS[model_size]}/resolve/{revision}", None
     downloads = []
     # The index before the data file, so that the data file is checked against the index it needs.
     for name in sorted(files, key=lambda name: name == TF_DATA_FILE):
-        size, sha256 = GPT2_PINNED.get(name, (None, None))
+        size, sha256 = GPT2_PINNED.get(f"{model_size}/{name}", GPT2_PINNED.get(name, (None, None)))
         check = {TF_INDEX_FILE: tf_index_data_size, "model.safetensors": check_safetensors_size,
                  TF_DATA_FILE: lambda path: check_tf_data_file(path, model_dir / TF_INDEX_FILE)}.get(name)
         downloads.append(dict(url=f"{url}/{name}", destination=model_dir / name, expected_size=size,

@@ -368,3 +368,18 @@ def test_extract_zip_safely_still_extracts_plain_members(tmp_path):
         archive.writestr("SMSSpamCollection", "ham\thello\n")
     extract_zip_safely(zip_path, tmp_path / "out")
     assert (tmp_path / "out" / "SMSSpamCollection").read_text() == "ham\thello\n"
+
+
+def test_gpt2_124m_safetensors_come_from_a_fixed_revision_with_pinned_bytes(tmp_path, local_server,
+                                                                            monkeypatch):
+    monkeypatch.setattr(gpt_download, "HF_URL", local_server.base_url)
+    base = f"/gpt2/resolve/{gpt_download.HF_REVISIONS['124M']}"
+    local_server.add(f"{base}/config.json", b'{"vocab_size": 64}')  # not the published 665 bytes
+    local_server.add(f"{base}/model.safetensors", safetensors_bytes({"wte.weight": np.ones((4, 2))}))
+    with pytest.raises(DownloadError) as error:
+        gpt_download.download_and_load_gpt2("124M", tmp_path, source="safetensors")
+    message = str(error.value)
+    assert message.startswith("could not download config.json, model.safetensors:\n")
+    assert f"{local_server.base_url}{base}/config.json: it has 18 bytes, expected 665" in message
+    assert "model.safetensors: it has 114 bytes, expected 548105171" in message
+    assert list((tmp_path / "124M").iterdir()) == []
