@@ -49,8 +49,7 @@ def run_main(main):
 
 
 def outputs_folder(quick=False):
-    """Where a run's files go: outputs/, or outputs/quick/ for a --quick run, so that a quick run
-    never replaces what a full run produced."""
+    """Where a run's files go: outputs/, or outputs/quick/ so that --quick never replaces a full run's."""
     return OUTPUTS_DIR / "quick" if quick else OUTPUTS_DIR
 
 
@@ -314,6 +313,7 @@ def download_files(downloads):
         url, destination = item.pop("url"), Path(item.pop("destination"))
         item["destination"] = destination
         if destination.exists():
+            _remove_stale_parts(destination)  # left by a killed download before the file came by hand
             _check_present(url, destination, item)
             continue
         failures = _sources_failures(url, destination, item.get("backup_url"), item)

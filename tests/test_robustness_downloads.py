@@ -115,6 +115,15 @@ def test_stale_part_files_of_the_destination_go_on_the_next_attempt(tmp_path, lo
     assert destination.read_bytes() == BODY
 
 
+def test_stale_part_files_go_also_when_the_file_came_by_hand(tmp_path, local_server):
+    destination = tmp_path / "data.bin"
+    stale = tmp_path / f"data.bin.{dead_pid()}.1a2b3c4d.part"
+    stale.write_bytes(b"half")
+    destination.write_bytes(BODY)
+    download_file(local_server.add("/data.bin", BODY), destination, expected_sha256=sha256(BODY))
+    assert list(tmp_path.iterdir()) == [destination] and local_server.requests == []
+
+
 @pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 @pytest.mark.parametrize("signum", [signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)])
 def test_sigterm_and_sighup_during_a_transfer_remove_the_part_file(tmp_path, raw_server, signum):
