@@ -33,6 +33,8 @@ class Run:
     device: torch.device
     path: Path        # the checkpoint
     saved_step: int = None  # the step of the checkpoint on disk, None before the first one
+    rank: int = 0           # under torchrun: this process's rank; rank 0 alone writes and prints
+    world_size: int = 1
 
 
 def new_train_state():
@@ -57,6 +59,8 @@ def set_rng_states(states, device):
 def write_checkpoint(run):
     """Everything a resumed run needs. checkpoints.save_checkpoint writes it atomically: a failed or
     killed write leaves the previous checkpoint as it was, and a failed one is a one-line error."""
+    if run.rank != 0:
+        return
     try:
         save_checkpoint(run.path, run.model, run.cfg, run.optimizer,
                         tokenizer=tokenizer_to_dict(run.tokenizer), run_settings=run.settings,
@@ -76,6 +80,8 @@ def best_path(checkpoint_path):
 def write_best_checkpoint(run):
     """The model with the lowest validation loss so far, in the series' format (generate_text.py and
     --init-from read it), with its step and loss; without the optimizer, which only --resume needs."""
+    if run.rank != 0:
+        return
     save_checkpoint(best_path(run.path), run.model, run.cfg, tokenizer=tokenizer_to_dict(run.tokenizer),
                     best={"step": run.state["best_step"], "val_loss": run.state["best_val_loss"]})
 

@@ -5,10 +5,12 @@ clipping, made resumable, and the sample that ends every run.
 import time
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import Subset
 
 from appendix_d import lr_at_step
-from fast_pretraining import accumulation_groups, autocast_context, autocast_dtype_for, enable_fast_math
+from fast_pretraining import (accumulation_groups, autocast_context, autocast_dtype_for, enable_fast_math,
+                              gradient_sync_context)
 from own_text_checkpoints import plot_path, write_best_checkpoint, write_checkpoint
 from own_text_data import epoch_order, loader
 from own_tokenizers import ENDOFTEXT
@@ -28,18 +30,27 @@ def optimizer_step(run, batches, trained_model, autocast_dtype):
         param_group["lr"] = lr
     run.optimizer.zero_grad()
     losses = []
-    for input_batch, target_batch in batches:
-        with autocast_context(run.device, autocast_dtype):
-            loss = calc_loss_batch(input_batch, target_batch, trained_model, run.device)
-        (loss / len(batches)).backward()  # backward runs in the forward pass's dtypes
-        losses.append(loss.item())
+    for i, (input_batch, target_batch) in enumerate(batches):
+        # Under DDP the gradients are averaged over the processes in the group's last backward only.
+        with gradient_sync_context(trained_model, sync=i == len(batches) - 1):
+            with autocast_context(run.device, autocast_dtype):
+                loss = calc_loss_batch(input_batch, target_batch, trained_model, run.device)
+            (loss / len(batches)).backward()  # backward runs in the forward pass's dtypes
+        losses.append(loss.detach())
     if step >= settings["warmup_steps"]:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_norm=1.0)
     run.optimizer.step()
-    return sum(losses) / len(losses), lr
+    mean_loss = torch.stack(losses).mean()
+    if run.world_size > 1:  # the loss of the whole global batch, the same in every process
+        dist.all_reduce(mean_loss)
+        mean_loss = mean_loss / run.world_size
+    return mean_loss.item(), lr
 
 
 def evaluate_and_record(run, eval_loaders, write):
+    """Rank 0 alone evaluates (on the plain model: nothing to synchronise) and keeps the losses."""
+    if run.rank != 0:
+        return
     state = run.state
     train_loss, val_loss = evaluate_model(run.model, *eval_loaders, run.device, run.settings["eval_iter"])
     state["train_losses"].append(train_loss)
@@ -59,7 +70,12 @@ def train_epoch(run, bar, eval_loaders, session, stop_after, trained_model, auto
     settings, state = run.settings, run.state
     batch_size = settings["batch_size"]
     order = epoch_order(len(run.train_set), settings["seed"], state["epoch"])
-    remaining = Subset(run.train_set, order[state["batch_in_epoch"] * batch_size:].tolist())
+    # A global batch is world_size batches: this process takes its own one of each, so the run
+    # is a pure function of (seed, epoch, position), also when it resumes.
+    per_batch = batch_size * run.world_size
+    left = order[state["batch_in_epoch"] * per_batch:]
+    left = left[:len(left) // per_batch * per_batch].view(-1, run.world_size, batch_size)[:, run.rank]
+    remaining = Subset(run.train_set, left.reshape(-1).tolist())
     grad_accum = settings.get("grad_accum", 1)  # not in the checkpoints of older versions
     for batches in accumulation_groups(loader(remaining, batch_size, drop_last=True), grad_accum):
         if len(batches) < grad_accum:
@@ -96,12 +112,20 @@ def fast_paths(run):
     if settings.get("fast"):
         enable_fast_math(run.device)
         autocast_dtype = autocast_dtype_for(settings["dtype"], run.device)
-    trained_model = torch.compile(run.model) if settings.get("compile") else run.model
+    trained_model = run.model
+    if run.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [run.device.index] if run.device.type == "cuda" else None
+        trained_model = DistributedDataParallel(run.model, device_ids=device_ids)
+    if settings.get("compile"):
+        trained_model = torch.compile(trained_model)
     used = (["fast path"] if settings.get("fast") else []) + \
         ([f"{autocast_dtype} autocast".replace("torch.", "")] if autocast_dtype else []) + \
         (["torch.compile"] if settings.get("compile") else []) + \
-        ([f"{settings['grad_accum']} batches per step"] if settings.get("grad_accum", 1) > 1 else [])
-    if used:
+        ([f"{settings['grad_accum']} batches per step"] if settings.get("grad_accum", 1) > 1 else []) + \
+        ([f"{run.world_size} processes ({dist.get_backend()})"] if run.world_size > 1 else [])
+    if used and run.rank == 0:
         print("Using:", ", ".join(used))
     return trained_model, autocast_dtype
 
@@ -124,13 +148,14 @@ def train_own_model(run, stop_after=None):
         while state["global_step"] < settings["total_steps"]:
             if train_epoch(run, bar, eval_loaders, session, stop_after, trained_model, autocast_dtype):
                 break
-            with tqdm.external_write_mode():
-                print(f"Sample after epoch {state['epoch'] + 1}: ", end="")
-                generate_and_print_sample(run.model, run.tokenizer, run.device, settings["start_context"])
+            if run.rank == 0:
+                with tqdm.external_write_mode():
+                    print(f"Sample after epoch {state['epoch'] + 1}: ", end="")
+                    generate_and_print_sample(run.model, run.tokenizer, run.device, settings["start_context"])
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
-    steps_per_epoch = len(run.train_set) // batch_size // settings.get("grad_accum", 1)
-    if steps_per_epoch and state["eval_steps"]:
+    steps_per_epoch = len(run.train_set) // (batch_size * run.world_size) // settings.get("grad_accum", 1)
+    if steps_per_epoch and state["eval_steps"] and run.rank == 0:
         plot_losses([step / steps_per_epoch for step in state["eval_steps"]], state["track_tokens_seen"],
                     state["train_losses"], state["val_losses"], plot_path(run.path))
     return state

@@ -14,13 +14,17 @@ Then: python generate_text.py "ROMEO:" --checkpoint outputs/own_text.pth
 """
 
 import argparse
+import contextlib
+import os
+import sys
 from collections import namedtuple
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from checkpoints import load_checkpoint
-from fast_pretraining import fast_config, make_adamw
+from fast_pretraining import fast_config, launched_by_torchrun, make_adamw
 from own_text_checkpoints import (Run, best_path, checkpoint_lock, new_train_state, plot_path, set_rng_states,
                                   starting_model)
 from own_text_data import build_tokenizer, make_datasets, print_unknown_rate, text_digest, training_text
@@ -28,6 +32,7 @@ from own_text_training import print_sample, train_own_model
 from own_tokenizers import save_tokenizer, tokenizer_from_dict, tokenizer_to_dict
 from plumbing import DATA_DIR, OUTPUTS_DIR, ScriptError, add_device_arg, get_device, positive_int, run_main
 from s_gpt_model import GPTModel
+from y_neural_network_basics import ddp_setup
 
 # A small GPT (3.2M parameters with the char tokenizer) that a laptop CPU can train. vocab_size
 # comes from the tokenizer. GPT-2 124M is {"context_length": 1024, "emb_dim": 768, "n_heads": 12,
@@ -78,6 +83,7 @@ QUICK_SETTINGS = {**TRAIN_SETTINGS, "batch_size": 4, "num_epochs": 1, "max_steps
 QUICK_MAX_CHARS = 100_000  # --quick trains on the start of the text only
 
 DEFAULT_CHECKPOINT = "own_text.pth"  # under outputs/
+TORCHRUN_COMMAND = "torchrun --nproc_per_node=2 train_own_text.py --device cpu"
 RESUME_HINT = "python train_own_text.py without --resume starts a run that writes it"
 SAMPLE_TOKENS = 100  # every run ends with a sample this long (--sample-tokens)
 
@@ -238,7 +244,7 @@ def new_model_and_optimizer(cfg, settings, device, model=None):
     return model, optimizer
 
 
-def start_run(args, checkpoint_path, device):
+def start_run(args, checkpoint_path, device, rank=0, world_size=1):
     """A fresh run: text, tokenizer, model and optimizer, all from the seed."""
     if checkpoint_path.exists() and not args.overwrite:
         raise ScriptError(f"{checkpoint_path} already exists: add --resume to continue that run, "
@@ -257,17 +263,20 @@ def start_run(args, checkpoint_path, device):
     else:
         tokenizer = build_tokenizer(settings["tokenizer"], train_text, settings["bpe_merges"],
                                     settings["bpe_path"], settings["vocab_size"])
-    if settings["tokenizer"] != "gpt2":
+    if settings["tokenizer"] != "gpt2" and rank == 0:
         tokenizer_path = checkpoint_path.with_name(checkpoint_path.stem + "-tokenizer.json")
         print("Saved the tokenizer to", save_tokenizer(tokenizer, tokenizer_path))
     cfg["vocab_size"] = tokenizer.n_vocab
     train_set, val_set = make_datasets(train_text, val_text, tokenizer, cfg["context_length"],
                                        settings["batch_size"], token_folder(settings, args.data_dir))
     print_unknown_rate(tokenizer, val_text)
-    steps_per_epoch = len(train_set) // settings["batch_size"] // settings["grad_accum"]
+    settings["world_size"] = world_size  # a resumed run needs as many processes
+    batches_per_epoch = len(train_set) // (settings["batch_size"] * world_size)
+    steps_per_epoch = batches_per_epoch // settings["grad_accum"]
     if steps_per_epoch < 1:
+        processes = f" of {world_size} processes" if world_size > 1 else ""
         raise ScriptError(f"--grad-accum {settings['grad_accum']} asks for more batches than the "
-                          f"{len(train_set) // settings['batch_size']} of an epoch")
+                          f"{batches_per_epoch} of an epoch{processes}")
     total_steps = steps_per_epoch * settings["num_epochs"]
     if settings["max_steps"]:
         total_steps = min(total_steps, settings["max_steps"])
@@ -275,16 +284,19 @@ def start_run(args, checkpoint_path, device):
     settings["warmup_steps"] = int(settings["warmup_fraction"] * total_steps)
     model, optimizer = new_model_and_optimizer(cfg, settings, device, model)
     return Run(model, optimizer, tokenizer, cfg, settings, new_train_state(), train_set, val_set, device,
-               checkpoint_path)
+               checkpoint_path, rank=rank, world_size=world_size)
 
 
-def resume_run(checkpoint_path, device, data_dir=None):
+def resume_run(checkpoint_path, device, data_dir=None, rank=0, world_size=1):
     """The run saved in a checkpoint, at the step it was saved, with its RNG states."""
     checkpoint = load_checkpoint(checkpoint_path, device="cpu", hint=RESUME_HINT)
     if "train_state" not in checkpoint or "run_settings" not in checkpoint:
         raise ScriptError(f"{checkpoint_path} holds no training state; only checkpoints written by "
                           "train_own_text.py can be resumed")
     cfg, settings, state = checkpoint["config"], checkpoint["run_settings"], checkpoint["train_state"]
+    if settings.get("world_size", 1) != world_size:
+        raise ScriptError(f"{checkpoint_path} was trained by {settings.get('world_size', 1)} process(es); "
+                          f"resume it with as many (torchrun --nproc_per_node=N), not {world_size}")
     tokenizer = tokenizer_from_dict(checkpoint["tokenizer"])
     train_text, val_text, description = training_text(settings, data_dir, QUICK_MAX_CHARS)
     if text_digest(train_text, val_text) != settings["text_sha256"]:
@@ -299,7 +311,7 @@ def resume_run(checkpoint_path, device, data_dir=None):
     optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
     set_rng_states(state.pop("rng"), device)
     return Run(model, optimizer, tokenizer, cfg, settings, state, train_set, val_set, device,
-               checkpoint_path, saved_step=state["global_step"])
+               checkpoint_path, saved_step=state["global_step"], rank=rank, world_size=world_size)
 
 
 # ---- the entry point ----
@@ -327,8 +339,25 @@ def print_next_steps(run):
 
 
 def main(argv=None):
+    """One process, or under torchrun every process of a data-parallel run (rank 0 alone prints,
+    holds the lock and writes; every process draws the same dropout masks, so that rank 0's RNG
+    state resumes them all)."""
+    if not launched_by_torchrun():
+        return train(parse_args(argv), 0, 1, None)
     args = parse_args(argv)
-    device = get_device(args.device)
+    rank, world_size, device = ddp_setup(args.device, command=TORCHRUN_COMMAND)
+    try:
+        with open(os.devnull, "w") as devnull, \
+                contextlib.redirect_stdout(sys.stdout if rank == 0 else devnull):
+            state = train(args, rank, world_size, device)
+        dist.barrier()
+        return state
+    finally:
+        dist.destroy_process_group()
+
+
+def train(args, rank, world_size, device):
+    device = device or get_device(args.device)
     checkpoint_path = Path(args.checkpoint_dir or OUTPUTS_DIR) / (args.checkpoint or DEFAULT_CHECKPOINT)
     if args.checkpoint and not args.checkpoint_dir:
         checkpoint_path = Path(args.checkpoint)  # a path as given, from the current folder
@@ -338,9 +367,9 @@ def main(argv=None):
         ignored = ignored_on_resume(args)
         if ignored:
             print("note: --resume takes the run's settings from the checkpoint; ignoring", ", ".join(ignored))
-    with checkpoint_lock(checkpoint_path):
-        run = resume_run(checkpoint_path, device, args.data_dir) if args.resume else \
-            start_run(args, checkpoint_path, device)
+    with checkpoint_lock(checkpoint_path) if rank == 0 else contextlib.nullcontext():
+        run = resume_run(checkpoint_path, device, args.data_dir, rank, world_size) if args.resume else \
+            start_run(args, checkpoint_path, device, rank, world_size)
         print_summary(run)
         if run.state["global_step"] >= run.settings["total_steps"]:
             print("This run is already complete.")
@@ -351,7 +380,9 @@ def main(argv=None):
             print(f"\nStopped. The last checkpoint written is intact; continue with: "
                   f"python train_own_text.py --resume --checkpoint {checkpoint_path}")
             raise
-        print_sample(run, args.prompt or run.settings["start_context"], args.sample_tokens or SAMPLE_TOKENS)
+        if rank == 0:
+            print_sample(run, args.prompt or run.settings["start_context"],
+                         args.sample_tokens or SAMPLE_TOKENS)
     print_next_steps(run)
     return run.state
 

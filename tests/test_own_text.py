@@ -17,6 +17,7 @@ import torch
 from filelock import FileLock
 
 import generate_text
+import gpt_download
 import own_bpe
 import own_text_data
 import own_text_tokens
@@ -634,6 +635,7 @@ def test_init_from_a_checkpoint_crops_the_context_and_resumes(story_file, tmp_pa
 
 def test_init_from_gpt2_files_placed_by_hand(story_file, tmp_path, monkeypatch, gpt2_tokenizer):
     safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    monkeypatch.setattr(gpt_download, "GPT2_PINNED", {})  # stand-ins, not OpenAI's published bytes
     hparams = {"n_vocab": 50257, "n_ctx": 32, "n_embd": 8, "n_head": 2, "n_layer": 1}
     variables = openai_variables(hparams)
     (tmp_path / "gpt2" / "124M").mkdir(parents=True)
@@ -729,6 +731,29 @@ def test_memmap_run_equals_the_in_memory_run_and_reuses_its_arrays(story_file, t
     train_own_text.main(["--resume", "--checkpoint", str(tmp_path / "again.pth"), "--data-dir",
                          str(data_dir)])
     assert_same_run(final_run(tmp_path / "again.pth"), uninterrupted)
+
+
+def test_torchrun_two_processes_are_one_with_the_global_batch_and_resume_exactly(story_file, tmp_path):
+    """`torchrun --nproc_per_node=2 train_own_text.py` on two CPU processes (gloo); rank 0 writes."""
+    def torchrun(*argv):
+        return run_script("train_own_text.py", *argv, data_dir=tmp_path, outputs_dir=tmp_path,
+                          nproc_per_node=2, timeout=180).stdout
+
+    args = ["--epochs", "1", "--drop-rate", "0"]
+    one = train_own_text.main(tiny_run_args(story_file, tmp_path / "one.pth", *args))  # batch 16
+    out = torchrun(*tiny_run_args(story_file, tmp_path / "two.pth", *args, "--batch-size", "8"))
+    assert out.count("Ep 1 (Step 000001)") == 1 and "Using: 2 processes (gloo)" in out  # rank 0 alone prints
+    two_state, two_weights = final_run(tmp_path / "two.pth")
+    assert two_state["global_step"] == 4
+    assert two_state["step_losses"] == pytest.approx(one["step_losses"], abs=1e-5)
+    one_weights = final_run(tmp_path / "one.pth")[1]
+    assert all(torch.allclose(two_weights[name], one_weights[name], atol=1e-5) for name in one_weights)
+    torchrun(*tiny_run_args(story_file, tmp_path / "split.pth", *args, "--batch-size", "8",
+                            "--stop-after", "2"))
+    torchrun("--resume", "--checkpoint", str(tmp_path / "split.pth"), "--device", "cpu")
+    assert_same_run(final_run(tmp_path / "split.pth"), final_run(tmp_path / "two.pth"))
+    with pytest.raises(ScriptError, match="trained by 2 process"):
+        train_own_text.main(["--resume", "--checkpoint", str(tmp_path / "split.pth"), "--overwrite"])
 
 
 def test_too_short_text_is_a_clear_error(tmp_path):
