@@ -180,12 +180,14 @@ def free_port():
 
 
 def _start_rank(rank, world_size, port, env, worker_module, worker_name, args):
-    """What torchrun gives each process: its place in the environment. The worker's module is
-    imported only then, so that it reads that environment (plumbing reads LLM_OUTPUTS_DIR)."""
+    """What torchrun gives each process: its place in the environment, and the address of the
+    store that the processes meet at, which outlives them (TORCHELASTIC_USE_AGENT_STORE). The
+    worker's module is imported only then, so that it reads that environment (plumbing reads
+    LLM_OUTPUTS_DIR)."""
     import importlib
 
     os.environ.update(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), TORCHELASTIC_USE_AGENT_STORE="True")
     getattr(importlib.import_module(worker_module), worker_name)(rank, world_size, *args)
 
 
@@ -202,8 +204,11 @@ def run_ranks(worker, *args, world_size=2, env=None, timeout=120):
         start_method = "forkserver"
     else:
         start_method = "spawn"
+    # As torchrun's agent does, this process holds the store, on a port it picks itself: no rank
+    # has to keep it alive for the others while they shut down.
+    store = torch.distributed.TCPStore("127.0.0.1", 0, world_size, is_master=True, wait_for_workers=False)
     context = mp.start_processes(
-        _start_rank, args=(world_size, free_port(), env or {}, worker.__module__, worker.__name__, args),
+        _start_rank, args=(world_size, store.port, env or {}, worker.__module__, worker.__name__, args),
         nprocs=world_size, join=False, start_method=start_method)
     deadline = time.monotonic() + timeout
     while not context.join(timeout=1):
