@@ -9,14 +9,15 @@ Book sections 2.1-2.2. Run: python a_tokenizer.py
 """
 
 import re
-from pathlib import Path
 
-from plumbing import DATA_DIR, download_file, run_main
+from downloads import download_file
+from plumbing import DATA_DIR, read_text_file, run_main
 
 # The book's training text: Edith Wharton's public-domain short story, as the book's repository serves it.
 VERDICT_URL = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/"
                "ch02/01_main-chapter-code/the-verdict.txt")
 VERDICT_SHA256 = "b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f"
+VERDICT_SIZE = 20_479  # bytes; the story is ASCII, so also its 20,479 characters
 VERDICT_PATH = DATA_DIR / "the-verdict.txt"
 
 # Split on punctuation, double dashes and whitespace, keeping them (the capture group) as tokens.
@@ -27,9 +28,9 @@ def load_verdict(path=None):
     """Return the text of the-verdict.txt. With no `path`, read data/the-verdict.txt, downloading it
     first if it is not there yet; a given `path` is read as it is."""
     if path is None:
-        path = download_file(VERDICT_URL, VERDICT_PATH, expected_sha256=VERDICT_SHA256)
-    with open(Path(path), "r", encoding="utf-8") as file:
-        return file.read()
+        path = download_file(VERDICT_URL, VERDICT_PATH, expected_sha256=VERDICT_SHA256,
+                             expected_size=VERDICT_SIZE)
+    return read_text_file(path)
 
 
 def split_text(text):

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from plumbing import DATA_DIR, DownloadError, ScriptError, download_files, run_main
+from downloads import DownloadError, download_files
+from plumbing import DATA_DIR, ScriptError, run_main
 
 GPT2_MODEL_SIZES = ("124M", "355M", "774M", "1558M")
 

@@ -21,16 +21,8 @@ import torch
 
 from gpt_to_llama import Llama3Model, generate_tokens
 from llama_to_qwen3 import Qwen3Model
-from plumbing import (
-    DATA_DIR,
-    DownloadError,
-    ScriptError,
-    add_device_arg,
-    download_files,
-    get_device,
-    positive_int,
-    run_main,
-)
+from downloads import DownloadError, download_files
+from plumbing import DATA_DIR, ScriptError, add_device_arg, get_device, positive_int, run_main
 from v_load_gpt2_weights import assign
 
 QWEN3_URL = "https://huggingface.co/Qwen/Qwen3-0.6B/resolve/main/"

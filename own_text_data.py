@@ -14,7 +14,8 @@ from d_tokenizer import get_gpt2_tokenizer
 from e_data_preparation import GPTDatasetV1
 from own_text_tokens import MemmapWindows, token_file
 from own_tokenizers import ENDOFTEXT, BPETokenizer, CharTokenizer, WordTokenizer, load_tokenizer
-from plumbing import DATA_DIR, ScriptError, download_file
+from downloads import download_file, download_files
+from plumbing import DATA_DIR, ScriptError, read_text_file
 
 # tiny-shakespeare: 1.1 MB of Shakespeare's plays in one file (karpathy/char-rnn).
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -44,15 +45,7 @@ def read_text(path):
     else:
         raise ScriptError(f"no file or folder at {path}; give --data a .txt file, a folder of .txt "
                           "files, 'shakespeare' or 'wikitext2'")
-    texts = []
-    for file in files:
-        try:
-            texts.append(file.read_text(encoding="utf-8-sig"))
-        except UnicodeDecodeError as error:
-            raise ScriptError(f"{file} is not UTF-8 text ({error.reason} at byte {error.start}); "
-                              "convert it to UTF-8 or remove it") from None
-        except OSError as error:
-            raise ScriptError(f"cannot read {file}: {error.strerror or error}") from None
+    texts = [read_text_file(file) for file in files]
     return ENDOFTEXT.join(texts)  # the documents' boundaries stay visible to the model
 
 
@@ -66,8 +59,10 @@ def load_training_text(data, train_ratio, data_dir=None):
         text, description = read_text(path), f"tiny-shakespeare ({path})"
     elif data == "wikitext2":
         folder = data_dir / "wikitext-2"
-        paths = {name: download_file(WIKITEXT2_URL.format(name), folder / name, expected_sha256=sha256)
-                 for name, sha256 in WIKITEXT2_SHA256.items()}
+        # One error that names every missing file, not one file per attempt.
+        paths = dict(zip(WIKITEXT2_SHA256, download_files(
+            [dict(url=WIKITEXT2_URL.format(name), destination=folder / name, expected_sha256=sha256)
+             for name, sha256 in WIKITEXT2_SHA256.items()])))
         # WikiText-2 comes split: train on train.txt, validate on valid.txt.
         return (read_text(paths["train.txt"]), read_text(paths["valid.txt"]),
                 f"WikiText-2 ({folder}: train.txt / valid.txt)")

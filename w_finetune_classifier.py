@@ -21,9 +21,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from checkpoints import load_checkpoint, save_checkpoint
 from d_tokenizer import get_gpt2_tokenizer
+from downloads import download_file, extract_zip_safely
 from plumbing import (DATA_DIR, ScriptError, add_device_arg, add_quick_and_epochs_args, book_or_quick,
-                      download_file, ensure_writable, extract_zip_safely, get_device, output_path,
-                      outputs_folder, run_main, save_figure)
+                      ensure_writable, get_device, output_path, outputs_folder, run_main, save_figure)
 from s_gpt_model import GPTModel, generate_text_simple
 from starting_point import add_starting_point_args, load_starting_point
 from t_pretraining_basics import text_to_token_ids, token_ids_to_text

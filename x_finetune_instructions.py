@@ -30,9 +30,10 @@ from checkpoints import save_checkpoint
 from d_tokenizer import get_gpt2_tokenizer
 from ollama_client import (JUDGE_MODEL, JUDGE_TIMEOUT, OLLAMA_URL, ollama_problem, ollama_setup_hint,
                            query_model)
+from downloads import download_file
 from plumbing import (DATA_DIR, ScriptError, add_device_arg, add_quick_and_epochs_args, book_or_quick,
-                      download_file, ensure_writable, get_device, output_path, outputs_folder, positive_float,
-                      run_main, write_atomically)
+                      ensure_writable, get_device, output_path, outputs_folder, positive_float, run_main,
+                      write_atomically)
 from starting_point import add_starting_point_args, load_starting_point
 from t_pretraining_basics import text_to_token_ids, token_ids_to_text
 from u_pretraining import calc_loss_loader, generate, plot_losses, train_model_simple

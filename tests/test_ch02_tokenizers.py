@@ -12,7 +12,8 @@ import d_tokenizer
 from a_tokenizer import load_verdict, split_text
 from b_tokenizer import SimpleTokenizerV1, build_vocab
 from c_tokenizer import SimpleTokenizerV2, build_vocab_v2
-from plumbing import DATA_DIR, REPO_DIR, DownloadError, ScriptError, file_sha256
+from downloads import DownloadError, file_sha256
+from plumbing import DATA_DIR, REPO_DIR, ScriptError
 
 BOOK_BPE_IDS = [15496, 11, 466, 345, 588, 8887, 30, 220, 50256, 554, 262, 4252, 18250, 8812, 2114,
                 286, 617, 34680, 27271, 13]
@@ -107,6 +108,7 @@ def test_load_verdict_downloads_and_checks_once(tmp_path, local_server, monkeypa
     body = STORY.encode("utf-8")
     monkeypatch.setattr(a_tokenizer, "VERDICT_URL", local_server.add("/the-verdict.txt", body))
     monkeypatch.setattr(a_tokenizer, "VERDICT_SHA256", hashlib.sha256(body).hexdigest())
+    monkeypatch.setattr(a_tokenizer, "VERDICT_SIZE", len(body))
     monkeypatch.setattr(a_tokenizer, "VERDICT_PATH", tmp_path / "data" / "the-verdict.txt")
     assert load_verdict() == STORY
     assert load_verdict() == STORY
@@ -114,7 +116,8 @@ def test_load_verdict_downloads_and_checks_once(tmp_path, local_server, monkeypa
 
 
 def test_load_verdict_rejects_wrong_checksum(tmp_path, local_server, monkeypatch):
-    monkeypatch.setattr(a_tokenizer, "VERDICT_URL", local_server.add("/the-verdict.txt", "not the story"))
+    wrong = "not the story ".ljust(a_tokenizer.VERDICT_SIZE, "x")  # the right size, the wrong bytes
+    monkeypatch.setattr(a_tokenizer, "VERDICT_URL", local_server.add("/the-verdict.txt", wrong))
     monkeypatch.setattr(a_tokenizer, "VERDICT_PATH", tmp_path / "the-verdict.txt")
     with pytest.raises(DownloadError, match="checksum"):
         load_verdict()

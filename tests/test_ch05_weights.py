@@ -14,7 +14,8 @@ from conftest import hf_state_dict, openai_variables, write_openai_checkpoint
 import gpt_download
 from gpt_download import download_and_load_gpt2, load_gpt2_params_from_tf_ckpt
 from checkpoints import save_checkpoint
-from plumbing import DownloadError, ScriptError
+from downloads import DownloadError
+from plumbing import ScriptError
 from s_gpt_model import GPTModel
 from starting_point import add_starting_point_args, load_starting_point
 from v_load_gpt2_weights import (BASE_CONFIG, assign, gpt2_config, gpt2_model_name, gpt_model_from_params,

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from plumbing import DownloadError, download_file
+from downloads import DownloadError, download_file
 
 BODY = b"The quick brown fox jumps over the lazy dog.\n" * 2000  # ~90 kB: more than one read block
 

@@ -23,7 +23,8 @@ import a_tokenizer
 import gpt_download
 import w_finetune_classifier as w
 from conftest import REPO_DIR
-from plumbing import DownloadError, ScriptError, download_file, download_files, extract_zip_safely
+from downloads import DownloadError, download_file, download_files, extract_zip_safely
+from plumbing import ScriptError
 
 BODY = b"The quick brown fox jumps over the lazy dog.\n" * 2000  # ~90 kB
 
@@ -129,7 +130,7 @@ def test_stale_part_files_go_also_when_the_file_came_by_hand(tmp_path, local_ser
 def test_sigterm_and_sighup_during_a_transfer_remove_the_part_file(tmp_path, raw_server, signum):
     server = raw_server(stall_after(BODY, 1000))
     destination = tmp_path / "data" / "data.bin"
-    code = ("import sys; sys.path.insert(0, sys.argv[3]); from plumbing import download_file; "
+    code = ("import sys; sys.path.insert(0, sys.argv[3]); from downloads import download_file; "
             "download_file(sys.argv[1], sys.argv[2], timeout=60)")
     process = subprocess.Popen([sys.executable, "-c", code, server.url + "/data.bin", str(destination),
                                 str(REPO_DIR)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -303,8 +304,8 @@ def test_an_empty_hand_placed_verdict_is_refused_in_one_line(tmp_path):
                             text=True, timeout=60)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.splitlines()[0] == (
-        f"error: {data_dir / 'the-verdict.txt'} is not the expected file: its SHA-256 checksum does not "
-        "match the published one. Delete it and run again to download it afresh, or put the right file "
+        f"error: {data_dir / 'the-verdict.txt'} is not the expected file: it has 0 bytes, expected 20479. "
+        "Delete it and run again to download it afresh, or put the right file "
         f"there ({a_tokenizer.VERDICT_URL})")
     assert (data_dir / "the-verdict.txt").read_bytes() == b""  # the reader's file is not touched
 
@@ -351,6 +352,44 @@ def test_download_files_names_every_missing_file(tmp_path, local_server):
         f"Not Found\nIf this machine is offline, download them elsewhere and put them at "
         f"{tmp_path / 'train.txt'}, {tmp_path / 'test.txt'}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["valid.txt"]  # the one that could come came
+
+
+def test_wikitext2_offline_names_both_files(tmp_path, local_server, monkeypatch):
+    import own_text_data
+
+    monkeypatch.setattr(own_text_data, "WIKITEXT2_URL", local_server.base_url + "/wikitext-2/{}")  # all 404
+    with pytest.raises(DownloadError) as error:
+        own_text_data.load_training_text("wikitext2", 0.9, data_dir=tmp_path)
+    message = str(error.value)
+    assert message.startswith("could not download train.txt, valid.txt:\n")
+    for name in ("train.txt", "valid.txt"):
+        assert f"{local_server.base_url}/wikitext-2/{name}: Not Found" in message
+        assert str(tmp_path / "wikitext-2" / name) in message
+    assert list((tmp_path / "wikitext-2").iterdir()) == []  # nothing half-written
+
+
+# ---- reading a text file ----
+
+def test_read_text_file_drops_the_bom_and_names_a_file_it_cannot_read(tmp_path):
+    from plumbing import read_text_file
+
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfHello")
+    assert read_text_file(tmp_path / "bom.txt") == "Hello"
+    (tmp_path / "latin1.txt").write_bytes("caf\u00e9".encode("latin-1"))
+    with pytest.raises(ScriptError, match=r"latin1\.txt is not UTF-8 text \(unexpected end of data at "
+                                          r"byte 3\); convert it to UTF-8"):
+        read_text_file(tmp_path / "latin1.txt")
+    with pytest.raises(ScriptError, match=r"is a folder; give the path of a text file"):
+        read_text_file(tmp_path)
+    with pytest.raises(ScriptError, match=r"cannot read .*missing\.txt: No such file"):
+        read_text_file(tmp_path / "missing.txt")
+
+
+def test_a_non_utf8_verdict_names_the_file(tmp_path):
+    path = tmp_path / "the-verdict.txt"
+    path.write_bytes(b"I HAD always thought Jack Gisburn \xff rather a cheap genius")
+    with pytest.raises(ScriptError, match=r"the-verdict\.txt is not UTF-8 text"):
+        a_tokenizer.load_verdict(path)
 
 
 # ---- a zip with a symlink member ----
