@@ -166,13 +166,15 @@ def extract_response(response_text, input_text):
 
 
 def generate_responses(model, test_data, tokenizer, device, max_new_tokens, context_size):
-    """Greedy answers to every test entry, returned as copies of the entries with "model_response"."""
+    """Greedy answers to every test entry, returned as copies of the entries with "model_response".
+    Beyond the book, generate keeps a KV cache (use_cache=True): the same ids, many times faster."""
     model.eval()
     results = []
     for entry in tqdm(test_data, desc="Generating responses"):
         input_text = format_input(entry)
         token_ids = generate(model=model, idx=text_to_token_ids(input_text, tokenizer).to(device),
-                             max_new_tokens=max_new_tokens, context_size=context_size, eos_id=50256)
+                             max_new_tokens=max_new_tokens, context_size=context_size, eos_id=50256,
+                             use_cache=True)
         generated_text = token_ids_to_text(token_ids, tokenizer)
         results.append({**entry, "model_response": extract_response(generated_text, input_text)})
     return results

@@ -195,12 +195,12 @@ def test_generate_responses_adds_model_response_to_copies(gpt2_tokenizer):
            "drop_rate": 0.0, "qkv_bias": True}
     model = GPTModel(cfg)
     test_data = [ENTRY_WITH_INPUT, ENTRY_WITHOUT_INPUT]
-    results = generate_responses(model, test_data, gpt2_tokenizer, "cpu", max_new_tokens=3, context_size=128)
+    results = generate_responses(model, test_data, gpt2_tokenizer, "cpu", max_new_tokens=8, context_size=128)
     assert "model_response" not in ENTRY_WITH_INPUT
     assert [{k: v for k, v in r.items() if k != "model_response"} for r in results] == test_data
-    # Greedy decoding: the response is the decoded argmax continuation, stripped.
+    # Greedy decoding (through the KV cache): the response is the uncached argmax continuation, stripped.
     ids = gpt2_tokenizer.encode(format_input(ENTRY_WITHOUT_INPUT))
-    for _ in range(3):
+    for _ in range(8):
         with torch.no_grad():
             ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
     generated_text = gpt2_tokenizer.decode(ids)
