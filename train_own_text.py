@@ -30,7 +30,8 @@ from own_text_checkpoints import (Run, best_path, checkpoint_lock, new_train_sta
 from own_text_data import build_tokenizer, make_datasets, print_unknown_rate, text_digest, training_text
 from own_text_training import print_sample, train_own_model
 from own_tokenizers import save_tokenizer, tokenizer_from_dict, tokenizer_to_dict
-from plumbing import DATA_DIR, OUTPUTS_DIR, ScriptError, add_device_arg, get_device, positive_int, run_main
+from plumbing import (DATA_DIR, ScriptError, add_device_arg, get_device, outputs_folder, positive_int,
+                      run_main)
 from s_gpt_model import GPTModel
 from y_neural_network_basics import ddp_setup
 
@@ -146,7 +147,7 @@ OPTIONS = (
            f"(default outputs/{DEFAULT_CHECKPOINT}); beside it go <name>-best.pth (the lowest validation "
            "loss), <name>-tokenizer.json and <name>-losses.png"),
     Option("--checkpoint-dir", str, None, "folder of --checkpoint when that is a bare name or not given "
-           "(default outputs/, or $LLM_OUTPUTS_DIR)"),
+           "(default outputs/, outputs/quick/ with --quick, or $LLM_OUTPUTS_DIR)"),
     Option("--data-dir", str, None, "where 'shakespeare' and 'wikitext2' are downloaded to and read from "
            "(default data/, or $LLM_DATA_DIR)"),
     Option("--prompt", str, None, "text that the sample at the end of the run continues (default: the "
@@ -358,7 +359,9 @@ def main(argv=None):
 
 def train(args, rank, world_size, device):
     device = device or get_device(args.device)
-    checkpoint_path = Path(args.checkpoint_dir or OUTPUTS_DIR) / (args.checkpoint or DEFAULT_CHECKPOINT)
+    # A --quick run's files go to outputs/quick/, where they cannot replace a real run's.
+    default_dir = outputs_folder(quick=args.quick)
+    checkpoint_path = Path(args.checkpoint_dir or default_dir) / (args.checkpoint or DEFAULT_CHECKPOINT)
     if args.checkpoint and not args.checkpoint_dir:
         checkpoint_path = Path(args.checkpoint)  # a path as given, from the current folder
     if args.resume:

@@ -815,8 +815,11 @@ def test_generate_cli_end_to_end(story_file, tmp_path):
                         data_dir=tmp_path / "data", outputs_dir=outputs, timeout=120)
     assert "Training a byte-level BPE with 30 merges" in result.stdout
     assert "Checkpoint:" in result.stdout and "(step 6 of 6)" in result.stdout
-    assert (outputs / "own_text-losses.png").is_file() and (outputs / "own_text-tokenizer.json").is_file()
+    quick = outputs / "quick"  # where a --quick run writes, so it never replaces a real run's files
+    assert sorted(p.name for p in outputs.iterdir()) == ["quick"]
+    assert (quick / "own_text-losses.png").is_file() and (quick / "own_text-tokenizer.json").is_file()
     result = run_script("generate_text.py", "The keeper", "--max-new-tokens", "12", "--seed", "1",
+                        "--checkpoint", str(quick / "own_text.pth"),
                         data_dir=tmp_path / "data", outputs_dir=outputs, timeout=120)
     assert result.stdout.startswith("The keeper") and len(result.stdout) > len("The keeper\n")
     assert "own BPE tokenizer (287 tokens)" in result.stderr  # 256 bytes + 30 merges + <|endoftext|>
