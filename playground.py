@@ -39,7 +39,7 @@ from playground_models import (
     token_label,
     tokenizer_kind,
 )
-from plumbing import ScriptError, add_device_arg, get_device, run_main
+from plumbing import MIN_TEMPERATURE, ScriptError, add_device_arg, get_device, run_main
 from v_load_gpt2_weights import add_gpt2_args
 from w_finetune_classifier import classify_review
 
@@ -80,9 +80,9 @@ def read_number(body, key, default, whole=False):
 def sampling_settings(body):
     """temperature, top_k (None for all tokens), max_new_tokens, seed from a request, checked."""
     temperature = read_number(body, "temperature", 0.0)
-    if not 0.0 <= temperature <= MAX_TEMPERATURE:
-        raise PageError(f"temperature must be from 0 (greedy: always the most likely token) to "
-                        f"{MAX_TEMPERATURE:g}, got {temperature:g}")
+    if not (temperature == 0.0 or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
+        raise PageError(f"temperature must be 0 (greedy: always the most likely token) or from "
+                        f"{MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g}, got {temperature:g}")
     top_k = read_number(body, "top_k", 0, whole=True)
     if top_k < 0:
         raise PageError(f"top-k must be 0 (sample among all tokens) or a positive number, got {top_k}")

@@ -160,7 +160,7 @@ def test_generate_next_token_view_attention_chat_and_classify_in_a_browser(app_u
     find(By.ID, "chat-message").send_keys("Again.")
     find(By.ID, "chat-button").click()
     wait.until(lambda _: find(By.ID, "message").is_displayed())
-    assert text_of("message").startswith("temperature must be from 0")
+    assert text_of("message").startswith("temperature must be 0 (greedy")
 
     # Classify with the classifier: a label and two probabilities.
     Select(find(By.ID, "model-select")).select_by_value("tiny-classifier.pth")
