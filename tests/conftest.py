@@ -103,6 +103,51 @@ def local_server():
 SCRIPT_ENV = {"PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
 
 
+class RawServer:
+    """A TCP server on 127.0.0.1 that answers every connection with `handler(connection)`: for the
+    answers an HTTP library would not give (no Content-Length, a stall, a non-HTTP reply)."""
+
+    def __init__(self, handler):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.stop = threading.Event()
+
+        def serve():
+            while not self.stop.is_set():
+                try:
+                    connection, _ = self.listener.accept()
+                except OSError:
+                    return
+                threading.Thread(target=self._answer, args=(handler, connection), daemon=True).start()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def _answer(self, handler, connection):
+        with connection:
+            connection.recv(65536)  # the request; its content does not matter here
+            try:
+                handler(connection, self.stop)
+            except OSError:
+                pass  # the client went away
+
+    def close(self):
+        self.stop.set()
+        self.listener.close()
+
+
+@pytest.fixture
+def raw_server():
+    servers = []
+
+    def start(handler):
+        servers.append(RawServer(handler))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
 def script_env(data_dir, outputs_dir, env=None):
     """A script's environment variables, with data/ and outputs/ moved to test folders."""
     return {**SCRIPT_ENV, "LLM_DATA_DIR": str(data_dir), "LLM_OUTPUTS_DIR": str(outputs_dir), **(env or {})}

@@ -24,13 +24,12 @@ import own_text_tokens
 import own_text_training
 import own_tokenizers
 import train_own_text
-from conftest import openai_variables, run_script
+from conftest import hf_state_dict, openai_variables, run_script
 from a_tokenizer import split_text
 from c_tokenizer import SimpleTokenizerV2, build_vocab_v2
 from checkpoints import model_from_checkpoint
 from own_tokenizers import (GPT2_SPLIT_PATTERN, BPETokenizer, CharTokenizer, WordTokenizer, bytes_to_unicode,
                             load_tokenizer, save_tokenizer, tokenizer_from_dict, tokenizer_to_dict)
-from test_ch05_weights import hf_state_dict
 from plumbing import DATA_DIR, REPO_DIR, ScriptError, check_temperature, run_main
 from p_layernorm_gelu_feedforward import FeedForward
 from s_gpt_model import GPTModel

@@ -8,11 +8,9 @@ import io
 import json
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zipfile
 
@@ -22,7 +20,7 @@ import pytest
 import a_tokenizer
 import gpt_download
 import w_finetune_classifier as w
-from conftest import REPO_DIR
+from conftest import REPO_DIR, openai_variables, write_openai_checkpoint
 from downloads import DownloadError, download_file, download_files, extract_zip_safely
 from plumbing import ScriptError
 
@@ -31,51 +29,6 @@ BODY = b"The quick brown fox jumps over the lazy dog.\n" * 2000  # ~90 kB
 
 def sha256(data):
     return hashlib.sha256(data).hexdigest()
-
-
-class RawServer:
-    """A TCP server on 127.0.0.1 that answers every connection with `handler(connection)`: for the
-    answers an HTTP library would not give (no Content-Length, a stall, a non-HTTP reply)."""
-
-    def __init__(self, handler):
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.stop = threading.Event()
-
-        def serve():
-            while not self.stop.is_set():
-                try:
-                    connection, _ = self.listener.accept()
-                except OSError:
-                    return
-                threading.Thread(target=self._answer, args=(handler, connection), daemon=True).start()
-
-        threading.Thread(target=serve, daemon=True).start()
-
-    def _answer(self, handler, connection):
-        with connection:
-            connection.recv(65536)  # the request; its content does not matter here
-            try:
-                handler(connection, self.stop)
-            except OSError:
-                pass  # the client went away
-
-    def close(self):
-        self.stop.set()
-        self.listener.close()
-
-
-@pytest.fixture
-def raw_server():
-    servers = []
-
-    def start(handler):
-        servers.append(RawServer(handler))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.close()
 
 
 def cut_short(body, sent):
@@ -213,7 +166,6 @@ def test_safetensors_cut_short_is_refused_by_its_header(tmp_path, raw_server):
 @pytest.fixture(scope="module")
 def openai_release(tmp_path_factory):
     """A GPT-2-shaped TensorFlow checkpoint with 12 layers (its index spans several table blocks)."""
-    from test_ch05_weights import openai_variables, write_openai_checkpoint
 
     hparams = {"n_vocab": 16, "n_ctx": 8, "n_embd": 8, "n_head": 2, "n_layer": 12}
     model_dir = tmp_path_factory.mktemp("gpt2") / "124M"

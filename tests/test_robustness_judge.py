@@ -13,7 +13,6 @@ import x_finetune_instructions as x
 from conftest import run_script
 from ollama_client import ollama_problem, query_model
 from plumbing import ScriptError
-from test_robustness_downloads import raw_server  # noqa: F401 (a fixture)
 
 ENTRY = {"instruction": "Rewrite the sentence using a simile.", "input": "The car is very fast.",
          "output": "The car is as fast as lightning.", "model_response": "The car is as fast as a bullet."}
