@@ -15,12 +15,11 @@ import math
 import torch
 
 from d_tokenizer import get_gpt2_tokenizer
-from plumbing import (add_device_arg, add_quick_and_epochs_args, book_or_quick, ensure_writable, get_device,
-                      output_path, outputs_folder, run_main, save_figure)
+from plumbing import add_device_arg, add_quick_and_epochs_args, output_path, run_main, save_figure
 from s_gpt_model import GPTModel
 from t_pretraining_basics import START_CONTEXT
-from u_pretraining import (GPT_CONFIG_124M, QUICK_CONFIG, SEED, calc_loss_batch, evaluate_model,
-                           generate_and_print_sample, make_loaders, plot_losses, verdict_text)
+from u_pretraining import (SEED, calc_loss_batch, evaluate_model, generate_and_print_sample, make_loaders,
+                           plot_losses, start_run, verdict_text)
 
 # Warm up linearly for the first 20% of the steps, then decay along a cosine.
 APPENDIX_D_SETTINGS = {
@@ -119,12 +118,8 @@ def parse_args():
 
 def main():
     args = parse_args()
-    device = get_device(args.device)
-    cfg = QUICK_CONFIG if args.quick else GPT_CONFIG_124M
-    settings = book_or_quick(args, APPENDIX_D_SETTINGS, QUICK_APPENDIX_D_SETTINGS)
-    ensure_writable(outputs_folder(args.quick))  # before the training, not after it
+    device, cfg, settings = start_run(args, APPENDIX_D_SETTINGS, QUICK_APPENDIX_D_SETTINGS)
     n_epochs = settings["num_epochs"]
-    print(f"Device: {device}" + ("   (--quick: a tiny model, not the book's numbers)" if args.quick else ""))
     tokenizer = get_gpt2_tokenizer()
     torch.manual_seed(SEED)
     train_loader, val_loader = make_loaders(verdict_text(args.quick), cfg, settings)

@@ -276,14 +276,20 @@ def make_loaders(text_data, cfg, settings):
     return train_loader, val_loader
 
 
+def start_run(args, book_settings, quick_settings):
+    """The device, model config and settings of a run on the story (the book's, or with --quick a
+    tiny model's), after checking that its outputs can be written: before training, not after."""
+    device = get_device(args.device)
+    settings = book_or_quick(args, book_settings, quick_settings)
+    ensure_writable(outputs_folder(args.quick))
+    print(f"Device: {device}" + ("   (--quick: a tiny model, not the book's numbers)" if args.quick else ""))
+    return device, (QUICK_CONFIG if args.quick else GPT_CONFIG_124M), settings
+
+
 def main():
     args = parse_args()
-    device = get_device(args.device)
-    cfg = QUICK_CONFIG if args.quick else GPT_CONFIG_124M
-    settings = book_or_quick(args, TRAIN_SETTINGS, QUICK_SETTINGS)
-    ensure_writable(outputs_folder(args.quick))  # before the training, not after it
+    device, cfg, settings = start_run(args, TRAIN_SETTINGS, QUICK_SETTINGS)
     num_epochs = settings["num_epochs"]
-    print(f"Device: {device}" + ("   (--quick: a tiny model, not the book's numbers)" if args.quick else ""))
 
     tokenizer = get_gpt2_tokenizer()
 
