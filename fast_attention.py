@@ -27,22 +27,19 @@ class FastMultiHeadAttention(nn.Module):
 
     def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
         super().__init__()
-        if d_out % num_heads != 0:
-            raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")
-        self.d_out = d_out
-        self.num_heads = num_heads
-        self.head_dim = d_out // num_heads
+        # The book's module, built first, checks the sizes and draws the starting weights in the
+        # book's order, so that the same seed gives the same weights; its query, key and value
+        # matrices are then stacked into one.
+        book = MultiHeadAttention(d_in, d_out, context_length, dropout, num_heads, qkv_bias)
+        self.d_out, self.num_heads, self.head_dim = book.d_out, book.num_heads, book.head_dim
         self.context_length = context_length
-        # Drawn as the book's three layers in the book's order, then stacked, so that the same seed
-        # gives MultiHeadAttention's starting weights.
-        W_query, W_key, W_value = (nn.Linear(d_in, d_out, bias=qkv_bias) for _ in range(3))
         self.W_qkv = nn.utils.skip_init(nn.Linear, d_in, 3 * d_out, bias=qkv_bias,
-                                        device=W_query.weight.device)
+                                        device=book.W_query.weight.device)
         with torch.no_grad():
-            self.W_qkv.weight.copy_(torch.cat([W_query.weight, W_key.weight, W_value.weight]))
+            self.W_qkv.weight.copy_(torch.cat([book.W_query.weight, book.W_key.weight, book.W_value.weight]))
             if qkv_bias:
-                self.W_qkv.bias.copy_(torch.cat([W_query.bias, W_key.bias, W_value.bias]))
-        self.out_proj = nn.Linear(d_out, d_out)
+                self.W_qkv.bias.copy_(torch.cat([book.W_query.bias, book.W_key.bias, book.W_value.bias]))
+        self.out_proj = book.out_proj
         self.dropout = dropout  # a probability: scaled_dot_product_attention applies it itself
         self.register_load_state_dict_pre_hook(_fuse_book_qkv)
 
