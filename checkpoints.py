@@ -74,6 +74,17 @@ def load_checkpoint(path, device="cpu", hint=MISSING_HINT):
     return checkpoint
 
 
+def load_weights(model, checkpoint, path):
+    """model.load_state_dict(checkpoint["model_state_dict"]), or a ScriptError that says which keys
+    or shapes of the file at `path` do not fit the model built from its config."""
+    try:
+        model.load_state_dict(checkpoint["model_state_dict"])
+    except RuntimeError as error:
+        detail = describe_mismatch(model.state_dict(), checkpoint["model_state_dict"])
+        raise ScriptError(f"the weights in {path} do not fit a {type(model).__name__} built from its "
+                          f"config: {detail}") from error
+
+
 def describe_mismatch(expected, given):
     """What differs between the state dict a model expects and the one a file holds: missing and
     unexpected keys, and shapes, a few of each with their counts."""
@@ -120,12 +131,7 @@ def model_from_checkpoint(path, device="cpu", gpt2_tokenizer=False):
     except (KeyError, TypeError, ValueError, AssertionError) as error:
         raise ScriptError(f"the config in {path} does not describe a GPTModel ({type(error).__name__}: "
                           f"{error}); it was not written by save_checkpoint") from error
-    try:
-        model.load_state_dict(checkpoint["model_state_dict"])
-    except RuntimeError as error:
-        detail = describe_mismatch(model.state_dict(), checkpoint["model_state_dict"])
-        raise ScriptError(f"the weights in {path} do not fit a GPTModel built from its config: {detail}") \
-            from error
+    load_weights(model, checkpoint, path)
     model.to(device)
     model.eval()
     return model, cfg

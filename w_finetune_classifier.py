@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from checkpoints import load_checkpoint, save_checkpoint
+from checkpoints import load_checkpoint, load_weights, save_checkpoint
 from d_tokenizer import get_gpt2_tokenizer
 from downloads import download_file, extract_zip_safely
 from plumbing import (DATA_DIR, ScriptError, add_device_arg, add_quick_and_epochs_args, book_or_quick,
@@ -316,7 +316,7 @@ def load_classifier(path, device="cpu"):
     cfg = checkpoint["config"]
     model = GPTModel(cfg)
     model.out_head = nn.Linear(cfg["emb_dim"], checkpoint["num_classes"])
-    model.load_state_dict(checkpoint["model_state_dict"])
+    load_weights(model, checkpoint, path)
     model.to(device)
     model.eval()
     return model, cfg

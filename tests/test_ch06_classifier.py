@@ -296,6 +296,12 @@ def test_save_and_load_classifier(tmp_path):
     save_checkpoint(plain, GPTModel(TINY_CFG), TINY_CFG)
     with pytest.raises(ScriptError, match="not a classifier checkpoint"):
         w.load_classifier(plain)
+    # A classifier whose head does not fit its config: one line that names the differing shape.
+    three_classes = tmp_path / "three.pth"
+    save_checkpoint(three_classes, model, TINY_CFG, num_classes=3)
+    with pytest.raises(ScriptError, match=r"three\.pth do not fit a GPTModel built from its config: "
+                                          r".*out_head"):
+        w.load_classifier(three_classes)
 
 
 def test_plot_values_writes_a_png(tmp_path):
