@@ -348,7 +348,7 @@ def main(argv=None):
     args = parse_args(argv)
     rank, world_size, device = ddp_setup(args.device, command=TORCHRUN_COMMAND)
     try:
-        with open(os.devnull, "w") as devnull, \
+        with open(os.devnull, "w", encoding="utf-8") as devnull, \
                 contextlib.redirect_stdout(sys.stdout if rank == 0 else devnull):
             state = train(args, rank, world_size, device)
         dist.barrier()
