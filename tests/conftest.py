@@ -122,10 +122,23 @@ class RawServer:
 
         threading.Thread(target=serve, daemon=True).start()
 
+    @staticmethod
+    def _read_request(connection):
+        """Read the whole request (headers, then Content-Length bytes of body): a socket closed with
+        unread bytes sends a reset, which the client would see instead of the answer under test."""
+        data = b""
+        while b"\r\n\r\n" not in data and (chunk := connection.recv(65536)):
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        while len(body) < length and (chunk := connection.recv(65536)):
+            body += chunk
+
     def _answer(self, handler, connection):
         with connection:
-            connection.recv(65536)  # the request; its content does not matter here
             try:
+                self._read_request(connection)  # its content does not matter here
                 handler(connection, self.stop)
             except OSError:
                 pass  # the client went away
