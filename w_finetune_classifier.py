@@ -56,9 +56,10 @@ def download_and_unzip_spam_data(url, zip_path, extracted_path, data_file_path, 
     if data_file_path.exists():
         print(f"{data_file_path} already exists. Skipping download and extraction.")
         return data_file_path
-    download_file(url, zip_path, backup_url=backup_url)
-    extract_zip_safely(zip_path, extracted_path)
     original_file_path = Path(extracted_path) / "SMSSpamCollection"
+    if not original_file_path.exists():  # else the zip was extracted before, e.g. by hand offline
+        download_file(url, zip_path, backup_url=backup_url)
+        extract_zip_safely(zip_path, extracted_path)
     if not original_file_path.exists():
         raise ScriptError(f"{zip_path} did not contain SMSSpamCollection; delete the zip and run again, "
                           f"or put the file by hand at {data_file_path}")
@@ -263,8 +264,7 @@ def plot_values(epochs_seen, examples_seen, train_values, val_values, label="los
 
 
 def fine_tune(model, train_loader, val_loader, device, settings):
-    """Section 6.7's run: AdamW (seed 123) over the parameters that require grad, and the training
-    loop. Returns what train_classifier_simple returns."""
+    """Section 6.7's run: AdamW (seed 123) on the trainable parameters, then train_classifier_simple."""
     start_time = time.time()
     torch.manual_seed(123)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"],
