@@ -45,8 +45,7 @@ BATCH_SIZE = 8
 NUM_CLASSES = 2
 SETTINGS = {"num_epochs": 5, "learning_rate": 5e-5, "weight_decay": 0.1, "eval_freq": 50, "eval_iter": 5}
 
-# --quick: v's tiny random GPT (QUICK_CONFIG), fine-tuned for one epoch on the first 80 examples
-# of each split, with frequent short evaluations.
+# --quick: v's tiny random GPT (QUICK_CONFIG), one epoch on the first 80 examples of each split.
 QUICK_SETTINGS = {**SETTINGS, "num_epochs": 1, "eval_freq": 5, "eval_iter": 2, "num_examples": 80}
 
 
@@ -57,14 +56,15 @@ def download_and_unzip_spam_data(url, zip_path, extracted_path, data_file_path, 
         print(f"{data_file_path} already exists. Skipping download and extraction.")
         return data_file_path
     original_file_path = Path(extracted_path) / "SMSSpamCollection"
-    if not original_file_path.exists():  # else the zip was extracted before, e.g. by hand offline
+    downloaded = not original_file_path.exists()  # else the zip was extracted before, e.g. by hand
+    if downloaded:
         download_file(url, zip_path, backup_url=backup_url)
         extract_zip_safely(zip_path, extracted_path)
     if not original_file_path.exists():
         raise ScriptError(f"{zip_path} did not contain SMSSpamCollection; delete the zip and run again, "
                           f"or put the file by hand at {data_file_path}")
     original_file_path.rename(data_file_path)
-    print(f"File downloaded and saved as {data_file_path}")
+    print(f"File {'downloaded and ' * downloaded}saved as {data_file_path}")
     return data_file_path
 
 

@@ -137,7 +137,7 @@ def test_download_and_unzip_spam_data(tmp_path, local_server, capsys):
     assert "Skipping download" in capsys.readouterr().out
 
 
-def test_an_extracted_data_file_is_renamed_without_a_download(tmp_path, local_server):
+def test_an_extracted_data_file_is_renamed_without_a_download(tmp_path, local_server, capsys):
     extracted = tmp_path / "data" / "sms_spam_collection"
     extracted.mkdir(parents=True)
     (extracted / "SMSSpamCollection").write_text("ham\tsee you soon\n", encoding="utf-8")  # unzipped by hand
@@ -145,6 +145,7 @@ def test_an_extracted_data_file_is_renamed_without_a_download(tmp_path, local_se
     url = local_server.base_url + "/sms.zip"  # serves nothing: it must not be asked
     zip_path = tmp_path / "data" / "sms.zip"
     assert w.download_and_unzip_spam_data(url, zip_path, extracted, data_file) == data_file
+    assert capsys.readouterr().out == f"File saved as {data_file}\n"  # not "downloaded"
     assert data_file.read_text(encoding="utf-8") == "ham\tsee you soon\n"
     assert local_server.requests == [] and not zip_path.exists()
 
