@@ -25,8 +25,7 @@ from own_tokenizers import ENDOFTEXT, CharTokenizer
 from plumbing import (OUTPUTS_DIR, ScriptError, add_device_arg, check_temperature, get_device, positive_int,
                       run_main)
 from checkpoints import load_checkpoint, model_from_checkpoint
-from fast_attention import CachedNextTokenLogits
-from u_pretraining import generate
+from look_inside import generate_stream
 
 DEFAULT_CHECKPOINT = OUTPUTS_DIR / "own_text.pth"
 
@@ -55,36 +54,18 @@ def alpaca_prompt(instruction, input_text=""):
     return format_input({"instruction": instruction, "input": input_text}) + "\n\n### Response:\n"
 
 
-class CachedLastLogits(torch.nn.Module):
-    """The model as generate() sees it, made incremental: called with the ids so far (cropped to
-    the context), it returns the last position's logits computed with the KV cache
-    (fast_attention.CachedNextTokenLogits), so a streamed token costs one short forward pass."""
-
-    def __init__(self, model, context_size):
-        super().__init__()
-        self.next_token_logits = CachedNextTokenLogits(model, context_size)
-
-    def forward(self, idx):
-        return self.next_token_logits(idx).unsqueeze(1)  # generate() takes logits[:, -1, :]
-
-
 def stream_generate(model, token_ids, tokenizer, max_new_tokens, context_size, temperature, top_k,
                     eos_id, write, use_cache=True):
-    """Generate one token at a time with chapter 5's generate() and write each one as soon as it is
-    known. An incremental UTF-8 decoder holds back the bytes of a character split across tokens.
-    use_cache=False runs the whole window again for every token, as the book's loop does."""
+    """Generate one token at a time with chapter 5's generate() (look_inside.generate_stream, through
+    the KV cache) and write each one as soon as it is known. An incremental UTF-8 decoder holds back
+    the bytes of a character split across tokens. use_cache=False runs the whole window again for
+    every token, as the book's loop does."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    step_model = CachedLastLogits(model, context_size) if use_cache else model
-    idx = token_ids
     new_ids = []
-    for _ in range(max_new_tokens):
-        longer = generate(step_model, idx, max_new_tokens=1, context_size=context_size,
-                          temperature=temperature, top_k=top_k, eos_id=eos_id)
-        if longer.shape[1] == idx.shape[1]:  # generate() stops without appending at eos_id
-            break
-        idx = longer
-        new_ids.append(idx[0, -1].item())
-        write(decoder.decode(tokenizer.decode_bytes(new_ids[-1:])))
+    for token_id, _ in generate_stream(model, token_ids, max_new_tokens, context_size, temperature, top_k,
+                                       eos_id, use_cache=use_cache):
+        new_ids.append(token_id)
+        write(decoder.decode(tokenizer.decode_bytes([token_id])))
     write(decoder.decode(b"", final=True))
     return new_ids
 
