@@ -16,7 +16,7 @@ from checkpoints import GPT2_VOCAB_SIZE, load_checkpoint, save_checkpoint
 from d_tokenizer import get_gpt2_tokenizer
 from own_tokenizers import tokenizer_from_dict, tokenizer_to_dict
 from s_gpt_model import GPTModel
-from v_load_gpt2_weights import fetch_gpt2_params, gpt2_config, gpt2_model_name, gpt_model_from_params
+from v_load_gpt2_weights import gpt2_model_name, load_gpt2
 from plumbing import ScriptError, ensure_writable
 
 
@@ -100,9 +100,8 @@ def starting_model(init_from, weights, models_dir, context_length=None, drop_rat
             name = gpt2_model_name(init_from)
         except ValueError as error:
             raise ScriptError(f"--init-from {init_from!r} is no checkpoint file and {error}") from None
-        gpt2_settings, params = fetch_gpt2_params(name, weights, models_dir)
-        cfg = gpt2_config(name, gpt2_settings)
-        state, tokenizer = gpt_model_from_params(cfg, params).state_dict(), get_gpt2_tokenizer()
+        model, cfg = load_gpt2(name, weights, models_dir)
+        state, tokenizer = model.state_dict(), get_gpt2_tokenizer()
     if context_length is not None:
         if context_length > cfg["context_length"]:
             raise ScriptError(f"--context-length {context_length} is longer than the {cfg['context_length']} "

@@ -15,7 +15,7 @@ from generate_text import alpaca_prompt, check_can_generate, checkpoint_tokenize
 from own_tokenizers import ENDOFTEXT
 from plumbing import OUTPUTS_DIR, ScriptError
 from checkpoints import load_checkpoint, model_from_checkpoint
-from v_load_gpt2_weights import fetch_gpt2_params, gpt2_config, gpt_model_from_params, quick_model
+from v_load_gpt2_weights import load_gpt2, quick_model
 from w_finetune_classifier import build_classifier, load_classifier
 
 KIND_TEXT = {
@@ -78,10 +78,8 @@ def model_sources(args, device):
         sources[name] = lambda path=path, name=name: open_checkpoint(path, device, name)
     if args.gpt2:
         def open_gpt2():
-            settings, params = fetch_gpt2_params(args.model, args.weights, args.models_dir)
-            cfg = gpt2_config(args.model, settings)
-            model = gpt_model_from_params(cfg, params).to(device).eval()
-            return PlaygroundModel(args.model, "lm", model, cfg, get_gpt2_tokenizer())
+            model, cfg = load_gpt2(args.model, args.weights, args.models_dir)
+            return PlaygroundModel(args.model, "lm", model.to(device), cfg, get_gpt2_tokenizer())
         sources[args.model] = open_gpt2
     if args.quick:
         sources.update(quick_sources(device))

@@ -10,8 +10,7 @@ earlier letters (v and before).
 from pathlib import Path
 
 from checkpoints import model_from_checkpoint
-from v_load_gpt2_weights import (add_gpt2_args, fetch_gpt2_params, gpt2_config, gpt_model_from_params,
-                                 quick_model)
+from v_load_gpt2_weights import add_gpt2_args, load_gpt2, quick_model
 
 
 def add_starting_point_args(parser, default_model):
@@ -33,7 +32,5 @@ def load_starting_point(args, device, quick_cfg=None):
         return model, cfg
     if quick_cfg is not None:
         return quick_model(device, quick_cfg)
-    settings, params = fetch_gpt2_params(args.model, args.weights, args.models_dir)
-    cfg = gpt2_config(args.model, settings)
-    model = gpt_model_from_params(cfg, params)
-    return model.to(device).eval(), cfg
+    model, cfg = load_gpt2(args.model, args.weights, args.models_dir)
+    return model.to(device), cfg

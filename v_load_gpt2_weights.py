@@ -169,6 +169,14 @@ def fetch_gpt2_params(model, weights="tf", models_dir=None):
         ) from error
 
 
+def load_gpt2(model, weights="tf", models_dir=None):
+    """OpenAI's GPT-2 `model` as (GPTModel in eval mode, cfg): fetch_gpt2_params, gpt2_config and
+    gpt_model_from_params, the three steps of main() below without its printouts."""
+    settings, params = fetch_gpt2_params(model, weights, models_dir)
+    cfg = gpt2_config(model, settings)
+    return gpt_model_from_params(cfg, params).eval(), cfg
+
+
 def add_gpt2_args(parser, default_model="124M"):
     """The flags that pick OpenAI's GPT-2 files: size, format and folder."""
     def model_argument(text):
