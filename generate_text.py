@@ -25,6 +25,7 @@ from own_tokenizers import ENDOFTEXT, CharTokenizer
 from plumbing import (OUTPUTS_DIR, ScriptError, add_device_arg, check_temperature, get_device, positive_int,
                       run_main)
 from checkpoints import load_checkpoint, model_from_checkpoint
+from fast_attention import lay_out_weights_for_decoding
 from look_inside import generate_stream
 
 DEFAULT_CHECKPOINT = OUTPUTS_DIR / "own_text.pth"
@@ -121,6 +122,7 @@ def load_generator(args):
     alpaca = uses_alpaca_prompt(checkpoint, path, args.format)
     del checkpoint  # model_from_checkpoint reads the file again; do not hold two copies of the weights
     model, cfg = model_from_checkpoint(path, device)
+    lay_out_weights_for_decoding(model)  # the layout one token at a time reads fastest on CPU
     kind = {"CharTokenizer": "character", "WordTokenizer": "word", "BPETokenizer": "own BPE"}.get(
         type(tokenizer).__name__, "GPT-2")
     print(f"[{path.name}: {sum(p.numel() for p in model.parameters()):,} parameters, {kind} tokenizer "

@@ -15,6 +15,7 @@ from generate_text import alpaca_prompt, check_can_generate, checkpoint_tokenize
 from own_tokenizers import ENDOFTEXT
 from plumbing import OUTPUTS_DIR, ScriptError
 from checkpoints import load_checkpoint, model_from_checkpoint
+from fast_attention import lay_out_weights_for_decoding
 from v_load_gpt2_weights import load_gpt2, quick_model
 from w_finetune_classifier import build_classifier, load_classifier
 
@@ -59,7 +60,7 @@ def open_checkpoint(path, device, name=None):
     kind = "instruct" if uses_alpaca_prompt(checkpoint, path, "auto") else "lm"
     del checkpoint
     model, cfg = model_from_checkpoint(path, device)
-    return PlaygroundModel(name, kind, model, cfg, tokenizer)
+    return PlaygroundModel(name, kind, lay_out_weights_for_decoding(model), cfg, tokenizer)
 
 
 def model_sources(args, device):
