@@ -154,20 +154,30 @@ def positive_int(text):
 MIN_TEMPERATURE = 1e-6  # below it logits / temperature can overflow, and sampling is greedy anyway
 
 
-def check_temperature(text):
-    """argparse type for --temperature: 0 (greedy: always the most likely token) or a finite value
-    of at least MIN_TEMPERATURE; inf, nan, negative and vanishing values are refused in one line."""
-    import argparse
+def temperature_problem(value, shown=None):
+    """Why `value` cannot be a sampling temperature, or None: 0 (greedy: always the most likely
+    token) or a finite value of at least MIN_TEMPERATURE; inf, nan, negative and vanishing values
+    are refused. `shown` is how the value was written, for the message."""
     import math
+
+    if value == 0 or (math.isfinite(value) and value >= MIN_TEMPERATURE):
+        return None
+    return (f"{value if shown is None else shown} is not a temperature that can be computed with: "
+            f"give 0 (always the most likely token) or a finite number of at least {MIN_TEMPERATURE:g}, "
+            "such as 0.8")
+
+
+def check_temperature(text):
+    """argparse type for --temperature (temperature_problem's rule), refused in one line."""
+    import argparse
 
     try:
         value = float(text)
     except ValueError:
-        value = math.nan
-    if not (value == 0 or (math.isfinite(value) and value >= MIN_TEMPERATURE)):
-        raise argparse.ArgumentTypeError(f"{text} is not a temperature that can be computed with: give 0 "
-                                         f"(always the most likely token) or a finite number of at least "
-                                         f"{MIN_TEMPERATURE:g}, such as 0.8")
+        value = float("nan")
+    problem = temperature_problem(value, shown=text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 

@@ -22,7 +22,7 @@ from d_tokenizer import get_gpt2_tokenizer
 from e_data_preparation import create_dataloader_v1
 from fast_attention import CachedNextTokenLogits
 from plumbing import (ScriptError, add_device_arg, add_quick_and_epochs_args, book_or_quick, ensure_writable,
-                      get_device, output_path, outputs_folder, run_main, save_figure)
+                      get_device, output_path, outputs_folder, run_main, save_figure, temperature_problem)
 from s_gpt_model import GPTModel, generate_text_simple
 from t_pretraining_basics import GPT_CONFIG_124M, START_CONTEXT, text_to_token_ids, token_ids_to_text
 
@@ -172,8 +172,8 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
     use_cache=True (beyond the book) keeps each token's keys and values instead of running the
     whole sequence again for every new token: the same ids, many times faster.
     """
-    if temperature < 0.0:
-        raise ValueError(f"temperature must be 0.0 (greedy) or positive, got {temperature}")
+    if temperature_problem(temperature):  # also nan, inf and values so small that logits overflow
+        raise ValueError(temperature_problem(temperature))
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be a positive integer or None, got {top_k}")
     finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)

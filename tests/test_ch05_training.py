@@ -204,6 +204,9 @@ def test_generate_rejects_bad_arguments():
     model = CountingModel()
     with pytest.raises(ValueError, match="temperature"):
         generate(model, torch.tensor([[1]]), 2, 4, temperature=-1.0)
+    for bad in (float("nan"), float("inf"), 1e-40):  # nan was silently greedy, the others overflowed
+        with pytest.raises(ValueError, match=r"is not a temperature that can be computed with"):
+            generate(model, torch.tensor([[1]]), 2, 4, temperature=bad)
     with pytest.raises(ValueError, match="top_k"):
         generate(model, torch.tensor([[1]]), 2, 4, top_k=0)
 
