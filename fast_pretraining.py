@@ -150,15 +150,23 @@ def build_training(cfg, settings, device, fast=False, compile_model=False, ddp=F
     return model, wrapped_model, optimizer
 
 
-def train_step(model, batches, optimizer, device, autocast_dtype=None):
-    """One optimizer step on `batches`, whose gradients add up (gradient accumulation). Returns
-    the number of tokens trained on."""
-    optimizer.zero_grad()
+def accumulate_gradients(model, batches, device, autocast_dtype=None):
+    """The gradients of `batches` added up as one batch's (gradient accumulation; under DDP averaged
+    over the processes in the last backward only). Returns their mean loss, detached."""
+    losses = []
     for i, (input_batch, target_batch) in enumerate(batches):
         with gradient_sync_context(model, sync=i == len(batches) - 1):
             with autocast_context(device, autocast_dtype):
                 loss = calc_loss_batch(input_batch, target_batch, model, device)
             (loss / len(batches)).backward()  # backward runs in the forward pass's dtypes
+        losses.append(loss.detach())
+    return torch.stack(losses).mean()
+
+
+def train_step(model, batches, optimizer, device, autocast_dtype=None):
+    """One optimizer step on `batches`, whose gradients add up. Returns the tokens trained on."""
+    optimizer.zero_grad()
+    accumulate_gradients(model, batches, device, autocast_dtype)
     optimizer.step()
     return sum(input_batch.numel() for input_batch, _ in batches)
 

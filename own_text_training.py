@@ -9,19 +9,18 @@ import torch.distributed as dist
 from torch.utils.data import Subset
 
 from appendix_d import lr_at_step
-from fast_pretraining import (accumulation_groups, autocast_context, autocast_dtype_for, enable_fast_math,
-                              gradient_sync_context)
+from fast_pretraining import accumulate_gradients, accumulation_groups, autocast_dtype_for, enable_fast_math
 from own_text_checkpoints import plot_path, write_best_checkpoint, write_checkpoint
 from own_text_data import epoch_order, loader
 from own_tokenizers import ENDOFTEXT
-from u_pretraining import calc_loss_batch, evaluate_model, generate, generate_and_print_sample, plot_losses
+from u_pretraining import evaluate_model, generate, generate_and_print_sample, plot_losses
 
 SAMPLING = {"temperature": 0.8, "top_k": 50}  # the sample's draws, as generate_text.py's defaults
 
 
 def optimizer_step(run, batches, trained_model, autocast_dtype):
     """One step of appendix D's training: the scheduled learning rate, the loss of `batches` (their
-    gradients add up, as fast_pretraining.train_step's do), clipping after warmup. Returns the mean
+    gradients add up: fast_pretraining.accumulate_gradients), clipping after warmup. Returns the mean
     loss and the learning rate."""
     settings, step = run.settings, run.state["global_step"]
     lr = lr_at_step(step, settings["warmup_steps"], settings["total_steps"], settings["peak_lr"],
@@ -29,18 +28,10 @@ def optimizer_step(run, batches, trained_model, autocast_dtype):
     for param_group in run.optimizer.param_groups:
         param_group["lr"] = lr
     run.optimizer.zero_grad()
-    losses = []
-    for i, (input_batch, target_batch) in enumerate(batches):
-        # Under DDP the gradients are averaged over the processes in the group's last backward only.
-        with gradient_sync_context(trained_model, sync=i == len(batches) - 1):
-            with autocast_context(run.device, autocast_dtype):
-                loss = calc_loss_batch(input_batch, target_batch, trained_model, run.device)
-            (loss / len(batches)).backward()  # backward runs in the forward pass's dtypes
-        losses.append(loss.detach())
+    mean_loss = accumulate_gradients(trained_model, batches, run.device, autocast_dtype)
     if step >= settings["warmup_steps"]:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_norm=1.0)
     run.optimizer.step()
-    mean_loss = torch.stack(losses).mean()
     if run.world_size > 1:  # the loss of the whole global batch, the same in every process
         dist.all_reduce(mean_loss)
         mean_loss = mean_loss / run.world_size

@@ -21,7 +21,7 @@ import gpt_download
 import own_bpe
 import own_text_data
 import own_text_tokens
-import own_text_training
+import fast_pretraining
 import own_tokenizers
 import train_own_text
 from conftest import hf_state_dict, openai_variables, run_script
@@ -396,7 +396,7 @@ def test_the_best_validation_checkpoint_is_kept_and_generates(tmp_path, uninterr
 def test_run_killed_mid_step_resumes_from_last_checkpoint(story_file, tmp_path, uninterrupted, monkeypatch):
     path = tmp_path / "killed.pth"
     calls = []
-    real_calc_loss_batch = own_text_training.calc_loss_batch
+    real_calc_loss_batch = fast_pretraining.calc_loss_batch
 
     def dies_in_step_8(*args):
         calls.append(1)
@@ -404,11 +404,11 @@ def test_run_killed_mid_step_resumes_from_last_checkpoint(story_file, tmp_path, 
             raise KeyboardInterrupt  # as if the process were killed here, after the step-6 checkpoint
         return real_calc_loss_batch(*args)
 
-    monkeypatch.setattr(own_text_training, "calc_loss_batch", dies_in_step_8)
+    monkeypatch.setattr(fast_pretraining, "calc_loss_batch", dies_in_step_8)
     with pytest.raises(KeyboardInterrupt):
         train_own_text.main(tiny_run_args(story_file, path))
     assert final_run(path)[0]["global_step"] == 6
-    monkeypatch.setattr(own_text_training, "calc_loss_batch", real_calc_loss_batch)
+    monkeypatch.setattr(fast_pretraining, "calc_loss_batch", real_calc_loss_batch)
     train_own_text.main(["--resume", "--checkpoint", str(path), "--device", "cpu"])
     assert_same_run(final_run(path), uninterrupted)
 
@@ -486,7 +486,7 @@ def test_a_second_run_on_the_same_checkpoint_stops_at_once(story_file, tmp_path)
 
 def test_an_unwritable_checkpoint_folder_stops_before_training(story_file, tmp_path, monkeypatch):
     trained = []
-    monkeypatch.setattr(own_text_training, "calc_loss_batch", lambda *args: trained.append(1))
+    monkeypatch.setattr(fast_pretraining, "calc_loss_batch", lambda *args: trained.append(1))
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder", encoding="utf-8")
     with pytest.raises(ScriptError, match=r"cannot create the folder .*a-file.*"):
