@@ -339,6 +339,10 @@ def ddp_train(num_epochs=NUM_EPOCHS, device_name=None):
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
         train_model(ddp_model, train_loader, optimizer, num_epochs, device, prefix=f"[rank {rank}] ")
+        # Drop the DDP wrapper while the process group lives: were the wrapper the group's last
+        # holder, its deletion would tear the group down without releasing Python's lock, which
+        # gloo's threads may still need (a rare hang at exit, pytorch/pytorch#56297)
+        del ddp_model
 
         # every rank scores the full sets: the replicas hold the same weights, so they agree
         train_acc = compute_accuracy(model, DataLoader(train_ds, batch_size=BATCH_SIZE), device)

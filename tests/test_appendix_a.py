@@ -1,12 +1,14 @@
 """Appendix A: autograd against the chain rule, the toy network's training as in the book, and a
 real two-process DistributedDataParallel run on the CPU with gloo."""
 
+import gc
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import run_ranks
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
@@ -102,10 +104,20 @@ def test_ddp_without_torchrun_says_how_to_start_it(monkeypatch):
 
 
 def ddp_worker(rank, world_size, results_dir):
-    """One rank, started the way torchrun would start it (conftest.run_ranks)."""
+    """One rank, started the way torchrun would start it (conftest.run_ranks). It also records
+    whether a DDP wrapper was still alive when the process group was destroyed: the wrapper would
+    then tear the group down while holding Python's lock, a rare hang at exit."""
+    destroy = torch.distributed.destroy_process_group
+    wrappers_alive = []
+
+    def recording_destroy(*args, **kwargs):
+        wrappers_alive.append(sum(isinstance(obj, DistributedDataParallel) for obj in gc.get_objects()))
+        destroy(*args, **kwargs)
+
+    torch.distributed.destroy_process_group = recording_destroy
     model, train_acc, test_acc = y_nn.ddp_train(num_epochs=3, device_name="cpu")
-    torch.save({"state_dict": model.state_dict(), "accuracies": (train_acc, test_acc)},
-               f"{results_dir}/rank{rank}.pt")
+    torch.save({"state_dict": model.state_dict(), "accuracies": (train_acc, test_acc),
+                "wrappers_alive": wrappers_alive}, f"{results_dir}/rank{rank}.pt")
 
 
 def single_process_reference(world_size=2, num_epochs=3):
@@ -139,6 +151,7 @@ def test_two_process_ddp_on_cpu_agrees_across_ranks(tmp_path):
     for name, tensor in rank0["state_dict"].items():
         assert torch.equal(tensor, rank1["state_dict"][name]), name
     assert rank0["accuracies"] == rank1["accuracies"] == (1.0, 1.0)
+    assert rank0["wrappers_alive"] == rank1["wrappers_alive"] == [0]
 
     reference = single_process_reference()
     torch.manual_seed(123)
