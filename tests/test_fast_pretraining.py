@@ -95,6 +95,7 @@ def ddp_worker(rank, world_size, results_dir):
         losses, _, _ = fp.train_model_fast(
             train_model, loader, loader, optimizer, device, num_epochs=2, eval_freq=2, eval_iter=1,
             start_context="ab", tokenizer=CharTokenizer(TOKEN_CFG["vocab_size"]), is_main_process=rank == 0)
+        del train_model  # before the process group goes (see y_neural_network_basics.ddp_train)
         torch.save({"state_dict": model.state_dict(), "losses": losses}, f"{results_dir}/rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
