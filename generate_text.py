@@ -13,7 +13,6 @@ Run: python generate_text.py "ROMEO:" --checkpoint outputs/own_text.pth --max-ne
 """
 
 import argparse
-import codecs
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from plumbing import (OUTPUTS_DIR, ScriptError, add_device_arg, check_temperatur
                       run_main)
 from checkpoints import load_checkpoint, model_from_checkpoint
 from fast_attention import lay_out_weights_for_decoding
-from look_inside import generate_stream
+from look_inside import TokenText, generate_stream
 
 DEFAULT_CHECKPOINT = OUTPUTS_DIR / "own_text.pth"
 
@@ -58,16 +57,17 @@ def alpaca_prompt(instruction, input_text=""):
 def stream_generate(model, token_ids, tokenizer, max_new_tokens, context_size, temperature, top_k,
                     eos_id, write, use_cache=True):
     """Generate one token at a time with chapter 5's generate() (look_inside.generate_stream, through
-    the KV cache) and write each one as soon as it is known. An incremental UTF-8 decoder holds back
-    the bytes of a character split across tokens. use_cache=False runs the whole window again for
-    every token, as the book's loop does."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    the KV cache) and write the text each one adds after the prompt token_ids as soon as it is known
+    (look_inside.TokenText: the word tokenizer's spaces come out right, and the bytes of a character
+    split across tokens wait for the rest). use_cache=False runs the whole window again for every
+    token, as the book's loop does."""
+    text = TokenText(tokenizer, token_ids[0].tolist())
     new_ids = []
     for token_id, _ in generate_stream(model, token_ids, max_new_tokens, context_size, temperature, top_k,
                                        eos_id, use_cache=use_cache):
         new_ids.append(token_id)
-        write(decoder.decode(tokenizer.decode_bytes([token_id])))
-    write(decoder.decode(b"", final=True))
+        write(text.add(token_id))
+    write(text.finish())
     return new_ids
 
 

@@ -3,12 +3,16 @@
 - generate_stream: chapter 5's generate, yielding each new token with the logits it was drawn
   from. Every step is a call of u_pretraining.generate itself, so temperature, top-k and
   end-of-text behave exactly as there, and fast_attention's KV cache carries over between steps.
+- TokenText: the text each new token adds, in the context of the ids before it, so that the
+  pieces of a stream join up to what the tokenizer decodes from all the ids.
 - next_token_distributions: section 5.3's probabilities of the next token, before and after
   temperature and top-k.
 - attention_weights: a layer's attention weights as MultiHeadAttention.forward computes them.
 
 playground.py shows them on a web page. Not a chapter: no letter imports it, so it may import any.
 """
+
+import codecs
 
 import torch
 
@@ -50,6 +54,33 @@ def generate_stream(model, idx, max_new_tokens, context_size, temperature=0.0, t
             return  # generate() stops at eos_id without appending it
         idx = longer
         yield idx[0, -1].item(), step_model.last[0]
+
+
+class TokenText:
+    """The text that each new token adds to `context_ids`: the pieces join up to exactly what
+    tokenizer.decode gives for all the ids, less the context's text. A token's text can depend on
+    the ids before it (the word tokenizer puts a space between words, none before punctuation), so
+    each step decodes all the ids and gives what is new. Every tokenizer of the series decodes a
+    longer list of ids to bytes that start with the shorter list's. The bytes of a character split
+    across tokens wait until it is complete (an incremental UTF-8 decoder, errors replaced as in
+    tiktoken's decode)."""
+
+    def __init__(self, tokenizer, context_ids=()):
+        self.tokenizer = tokenizer
+        self.ids = list(context_ids)
+        self.seen = len(tokenizer.decode_bytes(self.ids))  # bytes of text already accounted for
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def add(self, token_id):
+        """The text token_id adds: "" while it holds only part of a character."""
+        self.ids.append(token_id)
+        data = self.tokenizer.decode_bytes(self.ids)
+        new, self.seen = data[self.seen:], len(data)
+        return self.utf8.decode(new)
+
+    def finish(self):
+        """The rest of an unfinished character (as U+FFFD) once the stream has ended."""
+        return self.utf8.decode(b"", final=True)
 
 
 def next_token_distributions(logits, temperature=0.0, top_k=None):

@@ -13,7 +13,6 @@ address it prints. It listens on 127.0.0.1 only (this computer) unless --host is
 """
 
 import argparse
-import codecs
 import itertools
 import json
 import logging
@@ -28,7 +27,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
-from look_inside import attention_weights, generate_stream, next_token_distributions
+from look_inside import TokenText, attention_weights, generate_stream, next_token_distributions
 from own_tokenizers import ENDOFTEXT
 from playground_models import (
     KIND_TEXT,
@@ -111,7 +110,7 @@ def token_event(loaded, step, token_id, piece, logits, temperature, top_k):
 def generation_events(loaded, ids, settings):
     """The stream of one generation: a start event, one event per token, an end event."""
     temperature, top_k, max_new_tokens, seed = settings
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character split across tokens
+    text = TokenText(loaded.tokenizer, ids)  # a word's space, a character split across tokens
     eos_id = loaded.tokenizer.eot_token
     started, count = time.perf_counter(), 0
     torch.manual_seed(seed)
@@ -119,11 +118,10 @@ def generation_events(loaded, ids, settings):
     for count, (token_id, logits) in enumerate(generate_stream(
             loaded.model, idx, max_new_tokens, loaded.cfg["context_length"], temperature, top_k,
             eos_id, use_cache=True), start=1):
-        piece = decoder.decode(loaded.tokenizer.decode_bytes([token_id]))
-        yield token_event(loaded, count, token_id, piece, logits, temperature, top_k)
+        yield token_event(loaded, count, token_id, text.add(token_id), logits, temperature, top_k)
     yield {"type": "end", "tokens": count, "seconds": round(time.perf_counter() - started, 3),
            "reason": "endoftext" if count < max_new_tokens else "max_new_tokens",
-           "tail": decoder.decode(b"", final=True)}
+           "tail": text.finish()}
 
 
 # ---- the web app ----

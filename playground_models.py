@@ -116,8 +116,8 @@ def model_info(loaded):
 def tokenizer_kind(tokenizer):
     if getattr(tokenizer, "name", None) == "gpt2":  # tiktoken's Encoding
         return "GPT-2 BPE"
-    return {"CharTokenizer": "character", "BPETokenizer": "own BPE"}.get(type(tokenizer).__name__,
-                                                                       type(tokenizer).__name__)
+    return {"CharTokenizer": "character", "WordTokenizer": "word", "BPETokenizer": "own BPE"}.get(
+        type(tokenizer).__name__, type(tokenizer).__name__)
 
 
 def token_label(tokenizer, token_id):

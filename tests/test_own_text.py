@@ -792,6 +792,21 @@ def test_streaming_prints_whole_characters():
     assert [c for c in chunks if c] == ["é", "😀", "!"]  # never half a character
 
 
+def test_streaming_writes_what_the_tokenizer_decodes_from_all_the_ids():
+    text = "The quick brown fox, the lazy dog moves!"
+    for tokenizer in (WordTokenizer.from_text(text), BPETokenizer.train(text, 12),
+                      CharTokenizer.from_text(text)):
+        prompt = tokenizer.encode("The quick")
+        script = tokenizer.encode(" brown fox, the lazy dog") + [tokenizer.eot_token]
+        chunks = []
+        new_ids = generate_text.stream_generate(
+            ScriptedModel(script, tokenizer.n_vocab, len(prompt)), torch.tensor([prompt]), tokenizer, 40, 64,
+            0.0, None, tokenizer.eot_token, chunks.append, use_cache=False)
+        assert new_ids == script[:-1]
+        written = "".join(chunks)
+        assert written == tokenizer.decode(prompt + new_ids)[len("The quick"):] == " brown fox, the lazy dog"
+
+
 def test_streaming_with_the_kv_cache_gives_the_uncached_ids():
     torch.manual_seed(0)
     cfg = {"vocab_size": 40, "context_length": 12, "emb_dim": 16, "n_heads": 2, "n_layers": 2,

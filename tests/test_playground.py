@@ -9,9 +9,10 @@ import torch
 import playground
 from checkpoints import save_checkpoint
 from fast_attention import FastMultiHeadAttention
-from look_inside import attention_weights, book_attention, generate_stream, next_token_distributions
+from look_inside import (TokenText, attention_weights, book_attention, generate_stream,
+                         next_token_distributions)
 from m_efficient_multi_head_attention import MultiHeadAttention
-from own_tokenizers import CharTokenizer, tokenizer_to_dict
+from own_tokenizers import BPETokenizer, CharTokenizer, WordTokenizer, tokenizer_to_dict
 from playground_models import model_sources, open_checkpoint, token_label
 from plumbing import ScriptError
 from s_gpt_model import GPTModel
@@ -88,6 +89,26 @@ def test_generate_stream_stops_before_the_end_of_text_token_like_generate():
     streamed = [token for token, _ in generate_stream(model, idx, 5, CFG["context_length"], eos_id=eos_id)]
     assert streamed == generate(model, idx, 5, CFG["context_length"], eos_id=eos_id)[0, 3:].tolist()
     assert streamed == greedy[:2]
+
+
+def test_token_texts_join_up_to_the_decoded_ids_for_every_tokenizer_of_the_series(gpt2_tokenizer):
+    text = "The quick brown fox, the lazy dog: caf\u00e9 \U0001f917 moves!"
+    for tokenizer in (gpt2_tokenizer, CharTokenizer.from_text(text), BPETokenizer.train(text, 20),
+                      WordTokenizer.from_text(text)):
+        ids = tokenizer.encode(text)
+        for context in (ids[:3], []):
+            stream = TokenText(tokenizer, context)
+            pieces = [stream.add(i) for i in ids[len(context):]] + [stream.finish()]
+            whole = tokenizer.decode(ids)
+            assert "".join(pieces) == whole[len(tokenizer.decode(context)):], type(tokenizer).__name__
+    words = WordTokenizer.from_text(text)
+    stream = TokenText(words, words.encode("The quick"))
+    assert [stream.add(i) for i in words.encode("brown fox, the")] == [" brown", " fox", ",", " the"]
+    # The emoji's four bytes come in three GPT-2 tokens: nothing of it until the character is whole.
+    stream = TokenText(gpt2_tokenizer)
+    assert [stream.add(i) for i in gpt2_tokenizer.encode(" \U0001f917")] == [" ", "", "\U0001f917"]
+    stream = TokenText(gpt2_tokenizer)
+    assert (stream.add(gpt2_tokenizer.encode("\U0001f917")[0]), stream.finish()) == ("", "\ufffd")
 
 
 def test_next_token_distributions_before_and_after_temperature_and_top_k():
@@ -211,6 +232,25 @@ def test_generate_streams_generates_tokens_with_their_candidates(client):
     assert stream[-1]["type"] == "end" and stream[-1]["tokens"] == 6
     assert stream[-1]["reason"] == "max_new_tokens"
     assert not client.state.lock.locked()
+
+
+def test_a_word_tokenizer_model_streams_its_words_with_their_spaces(tmp_path):
+    words = WordTokenizer.from_text(TEXT)
+    cfg = {**CFG, "vocab_size": words.n_vocab}
+    path = save_checkpoint(tmp_path / "words.pth", tiny_model(5, cfg), cfg,
+                           tokenizer=tokenizer_to_dict(words))
+    state = playground.Playground({"words.pth": lambda: open_checkpoint(path, "cpu")})
+    state.open("words.pth")
+    client = playground.create_app(state).test_client()
+    stream = events(client.post("/api/generate", json={"prompt": "The quick", "temperature": 0,
+                                                        "max_new_tokens": 8}))
+    new_ids = [event["id"] for event in stream if event["type"] == "token"]
+    assert len(new_ids) == 8
+    prompt_ids = words.encode("The quick")
+    written = "".join(event["text"] for event in stream if event["type"] == "token") + stream[-1]["tail"]
+    assert written == words.decode(prompt_ids + new_ids)[len("The quick"):]
+    assert written.count(" ") >= 4 and written.startswith((" ", ",", ".", "!"))
+    assert client.get("/api/models").get_json()["current"]["tokenizer"] == "word"
 
 
 @pytest.mark.parametrize("settings, message", [
