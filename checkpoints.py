@@ -66,12 +66,23 @@ def load_checkpoint(path, device="cpu", hint=MISSING_HINT):
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # truncated zip, random bytes, pickled objects ...
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = _load_error_reason(error)
         raise ScriptError(f"cannot read the checkpoint {path}: it is damaged, incomplete or not a "
                           f"PyTorch checkpoint ({reason}); delete it and create it again") from error
     if not isinstance(checkpoint, dict) or "model_state_dict" not in checkpoint:
         raise ScriptError(f"{path} is not a checkpoint of this series: it has no 'model_state_dict'")
     return checkpoint
+
+
+def _load_error_reason(error):
+    """torch.load's error in a line. Its weights_only errors begin with advice to load the file with
+    weights_only=False, which would run any code pickled in it: only their cause is kept."""
+    text = str(error).strip()
+    if text.startswith("Weights only load failed"):
+        cause = text.partition("WeightsUnpickler error:")[2].strip()
+        return "the safe loader, which reads only tensors and plain values, refused it" + (
+            f": {cause.splitlines()[0].split('. ')[0]}" if cause else "")
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def load_weights(model, checkpoint, path):

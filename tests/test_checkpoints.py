@@ -81,14 +81,23 @@ def test_broken_checkpoints_give_a_clear_error(tmp_path):
 
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(bytes(range(256)) * 4)
-    with pytest.raises(ScriptError, match="garbage.pth"):
+    with pytest.raises(ScriptError, match="garbage.pth") as error:
         load_checkpoint(garbage)
+    assert "weights_only" not in str(error.value)  # never PyTorch's advice to unpickle it
 
     # weights_only=True: a pickled arbitrary object is refused, not executed.
     pickled = tmp_path / "pickled.pth"
     torch.save({"model_state_dict": {}, "config": CHAR_CFG, "x": CharTokenizer()}, pickled)
-    with pytest.raises(ScriptError, match="pickled.pth"):
+    with pytest.raises(ScriptError, match="pickled.pth") as error:
         load_checkpoint(pickled)
+    assert "(the safe loader, which reads only tensors and plain values, refused it: Unsupported global" in \
+        str(error.value)
+    assert "weights_only" not in str(error.value) and "add_safe_globals" not in str(error.value)
+
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(ScriptError, match=r"empty.pth: it is damaged, .* \(EOFError\); delete it"):
+        load_checkpoint(empty)
 
     # Readable, but not one of ours.
     plain = tmp_path / "plain.pth"
