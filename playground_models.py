@@ -19,6 +19,8 @@ from fast_attention import lay_out_weights_for_decoding
 from v_load_gpt2_weights import load_gpt2, quick_model
 from w_finetune_classifier import build_classifier, load_classifier
 
+OWN_MODEL_HINT = ("open your own model instead: --checkpoint outputs/model_and_optimizer.pth (written by "
+                  "u_pretraining.py), or --quick for tiny random models")
 KIND_TEXT = {
     "lm": "language model",
     "instruct": "instruction model (chapter 7): prompts go into the Alpaca template",
@@ -79,7 +81,7 @@ def model_sources(args, device):
         sources[name] = lambda path=path, name=name: open_checkpoint(path, device, name)
     if args.gpt2:
         def open_gpt2():
-            model, cfg = load_gpt2(args.model, args.weights, args.models_dir)
+            model, cfg = load_gpt2(args.model, args.weights, args.models_dir, OWN_MODEL_HINT)
             return PlaygroundModel(args.model, "lm", model.to(device), cfg, get_gpt2_tokenizer())
         sources[args.model] = open_gpt2
     if args.quick:

@@ -149,8 +149,13 @@ def gpt2_config(model, settings):
     return cfg
 
 
-def fetch_gpt2_params(model, weights="tf", models_dir=None):
-    """download_and_load_gpt2 for `model`, with a ScriptError that lists the ways forward."""
+OWN_MODEL_HINT = ("start from your own model: --init-from outputs/model_and_optimizer.pth (written by "
+                  "u_pretraining.py; trained on one short story, so results will be far below the book's)")
+
+
+def fetch_gpt2_params(model, weights="tf", models_dir=None, own_model_hint=OWN_MODEL_HINT):
+    """download_and_load_gpt2 for `model`, with a ScriptError that lists the ways forward; the last
+    one, `own_model_hint`, says how the calling script takes the reader's own model instead."""
     size = model_size(model)
     models_dir = Path(models_dir) if models_dir is not None else DATA_DIR / "gpt2"
     print(f"Loading {gpt2_model_name(model)} ({weights} files in {models_dir / size})")
@@ -164,15 +169,14 @@ def fetch_gpt2_params(model, weights="tf", models_dir=None):
             f"(the URLs are in gpt_download.py), or\n" +
             ("  - use --weights safetensors: the same weights from Hugging Face, no TensorFlow needed, or\n"
              if weights == "tf" else "") +
-            "  - start from your own model: --init-from outputs/model_and_optimizer.pth (written by "
-            "u_pretraining.py; trained on one short story, so results will be far below the book's)"
+            f"  - {own_model_hint}"
         ) from error
 
 
-def load_gpt2(model, weights="tf", models_dir=None):
+def load_gpt2(model, weights="tf", models_dir=None, own_model_hint=OWN_MODEL_HINT):
     """OpenAI's GPT-2 `model` as (GPTModel in eval mode, cfg): fetch_gpt2_params, gpt2_config and
     gpt_model_from_params, the three steps of main() below without its printouts."""
-    settings, params = fetch_gpt2_params(model, weights, models_dir)
+    settings, params = fetch_gpt2_params(model, weights, models_dir, own_model_hint)
     cfg = gpt2_config(model, settings)
     return gpt_model_from_params(cfg, params).eval(), cfg
 

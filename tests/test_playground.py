@@ -196,6 +196,21 @@ def test_gpt2_placed_by_hand_opens_with_transformers_logits(tmp_path, gpt2_token
         torch.testing.assert_close(loaded.model(idx), reference(idx).logits, atol=1e-4, rtol=1e-4)
 
 
+def test_gpt2_without_its_files_suggests_the_playgrounds_own_flags(tmp_path, monkeypatch):
+    import v_load_gpt2_weights
+
+    def offline(*args, **kwargs):
+        raise ScriptError("cannot download model.ckpt.index: no network")
+    monkeypatch.setattr(v_load_gpt2_weights, "download_and_load_gpt2", offline)
+    args = playground.parse_args(["--gpt2", "--models-dir", str(tmp_path)])
+    with pytest.raises(ScriptError) as error:
+        model_sources(args, "cpu")["gpt2-small (124M)"]()
+    assert str(error.value).endswith("\n  - open your own model instead: --checkpoint "
+                                     "outputs/model_and_optimizer.pth (written by u_pretraining.py), or "
+                                     "--quick for tiny random models")
+    assert "--init-from" not in str(error.value) and "--weights safetensors" in str(error.value)
+
+
 # ---- the handlers ----
 
 def test_models_lists_the_checkpoints_and_describes_the_open_one(client):
