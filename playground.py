@@ -76,6 +76,16 @@ def read_number(body, key, default, whole=False):
     return int(number) if whole else number
 
 
+def read_text(body, key):
+    """body[key] as text; missing or null is empty; anything else (a number, a list) is a message."""
+    value = body.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise PageError(f"{key} must be a string, got {value!r}")
+    return value
+
+
 def sampling_settings(body):
     """temperature, top_k (None for all tokens), max_new_tokens, seed from a request, checked."""
     temperature = read_number(body, "temperature", 0.0)
@@ -226,7 +236,10 @@ def create_app(playground):
 
     def body():
         data = request.get_json(silent=True)
-        return data if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            raise PageError('the request must be a JSON object such as {"prompt": "Every effort"}, sent '
+                            "with Content-Type: application/json")
+        return data
 
     @app.get("/")
     def index():
@@ -241,12 +254,12 @@ def create_app(playground):
     @app.post("/api/model")
     def open_model():
         with playground.turn():
-            return jsonify(model_info(playground.open(str(body().get("name", "")))))
+            return jsonify(model_info(playground.open(read_text(body(), "name"))))
 
     @app.post("/api/tokens")
     def tokens():
         loaded = playground.model()
-        text = model_prompt(loaded, str(body().get("prompt", "")))
+        text = model_prompt(loaded, read_text(body(), "prompt"))
         ids = loaded.tokenizer.encode(text, allowed_special={ENDOFTEXT}) if text else []
         return jsonify(text=text, ids=ids, labels=[token_label(loaded.tokenizer, i) for i in ids],
                        tokenizer=tokenizer_kind(loaded.tokenizer), vocab_size=loaded.tokenizer.n_vocab,
@@ -260,7 +273,10 @@ def create_app(playground):
         try:
             loaded = playground.model(("instruct",) if task == "chat" else ("lm", "instruct"), task)
             settings = sampling_settings(data)
-            text = model_prompt(loaded, str(data.get("prompt", "")))
+            message = read_text(data, "prompt")
+            if task == "chat" and not message.strip():
+                raise PageError("type a message to send: chat answers an instruction")
+            text = model_prompt(loaded, message)
             ids = prompt_ids(loaded, text)
         except Exception:
             playground.lock.release()
@@ -279,7 +295,7 @@ def create_app(playground):
             if not (0 <= layer < n_layers and 0 <= head < n_heads):
                 raise PageError(f"this model has layers 0 to {n_layers - 1} and heads 0 to {n_heads - 1}; "
                                 f"got layer {layer}, head {head}")
-            ids = prompt_ids(loaded, model_prompt(loaded, str(data.get("prompt", ""))))
+            ids = prompt_ids(loaded, model_prompt(loaded, read_text(data, "prompt")))
             weights = attention_weights(loaded.model, torch.tensor([ids], device=loaded.device), layer)
         labels = [token_label(loaded.tokenizer, i) for i in ids]
         return jsonify(layer=layer, head=head, ids=ids, labels=labels,
@@ -287,7 +303,7 @@ def create_app(playground):
 
     @app.post("/api/classify")
     def classify():
-        text = str(body().get("text", ""))
+        text = read_text(body(), "text")
         with playground.turn():
             loaded = playground.model(("classifier",), "classify")
             if not text.strip():
@@ -298,7 +314,9 @@ def create_app(playground):
 
 
 def classify_text(loaded, text):
-    """Chapter 6's classify_review, plus the two class probabilities read from its output layer."""
+    """Chapter 6's classify_review, plus the two class probabilities read from its output layer and
+    how much of the text it read: its first max_length tokens (the classifier's training length,
+    when the checkpoint has one), at most the context length."""
     logits = []
     hook = loaded.model.out_head.register_forward_hook(
         lambda module, args, output: logits.append(output[0, -1]))
@@ -308,8 +326,13 @@ def classify_text(loaded, text):
     finally:
         hook.remove()
     probabilities = torch.softmax(logits[-1].float(), dim=-1).tolist()
-    return {"label": label, "probabilities": dict(zip(CLASS_NAMES, probabilities)),
-            "tokens": len(loaded.tokenizer.encode(text)), "context_length": loaded.cfg["context_length"]}
+    context_length, max_length = loaded.cfg["context_length"], loaded.max_length
+    by_max_length = max_length is not None and max_length < context_length
+    tokens = len(loaded.tokenizer.encode(text))
+    return {"label": label, "probabilities": dict(zip(CLASS_NAMES, probabilities)), "tokens": tokens,
+            "read_tokens": min(tokens, max_length if by_max_length else context_length),
+            "limit": "max_length" if by_max_length else "context_length",
+            "max_length": max_length, "context_length": context_length}
 
 
 def serve(app, host, port):

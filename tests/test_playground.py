@@ -304,6 +304,55 @@ def test_a_classifier_asked_to_generate_says_so_and_classifies(client):
     assert empty.get_json()["error"] == "type a message to classify"
 
 
+def test_classify_says_how_many_tokens_the_classifier_read(client, tmp_path):
+    cut = save_checkpoint(tmp_path / "cut-classifier.pth", build_classifier(tiny_model(3)), CFG,
+                          tokenizer=tokenizer_to_dict(TOKENIZER), num_classes=2, max_length=5)
+    client.state.sources["cut-classifier.pth"] = lambda: open_checkpoint(cut, "cpu")
+    client.post("/api/model", json={"name": "cut-classifier.pth"})
+    text = "quick brown fox jumps over"  # 26 tokens: more than max_length 5 and the context of 16
+    data = client.post("/api/classify", json={"text": text}).get_json()
+    assert {key: data[key] for key in ("tokens", "read_tokens", "limit", "max_length", "context_length")} == {
+        "tokens": 26, "read_tokens": 5, "limit": "max_length", "max_length": 5, "context_length": 16}
+    with torch.no_grad():  # what it read: the first 5 tokens, which classify_review cuts to
+        logits = client.state.current.model(torch.tensor([TOKENIZER.encode(text)[:5]]))[0, -1]
+    assert data["probabilities"]["spam"] == pytest.approx(torch.softmax(logits, -1)[1].item())
+
+    client.post("/api/model", json={"name": "tiny-classifier.pth"})  # no max_length: the context
+    data = client.post("/api/classify", json={"text": text}).get_json()
+    assert (data["read_tokens"], data["limit"], data["max_length"]) == (16, "context_length", None)
+    assert client.post("/api/classify", json={"text": "fox"}).get_json()["read_tokens"] == 3
+
+
+@pytest.mark.parametrize("path", ["/api/generate", "/api/tokens", "/api/attention", "/api/classify",
+                                  "/api/model"])
+def test_a_request_that_is_not_a_json_object_gets_a_message(client, path):
+    for body in ("[1, 2]", "not json", '"Every effort"', ""):
+        response = client.post(path, data=body, content_type="application/json")
+        assert response.status_code == 400
+        assert response.get_json()["error"].startswith("the request must be a JSON object such as")
+    assert not client.state.lock.locked()
+
+
+def test_a_null_prompt_is_empty_and_other_non_text_is_refused(client):
+    tokens = client.post("/api/tokens", json={"prompt": None}).get_json()
+    assert (tokens["text"], tokens["ids"]) == ("", [])
+    stream = events(client.post("/api/generate", json={"prompt": None, "max_new_tokens": 2}))
+    assert stream[0] == {"type": "start", "prompt": "", "prompt_tokens": 1}  # starts at <|endoftext|>
+    for body in ({"prompt": 5}, {"prompt": ["Every"]}):
+        response = client.post("/api/generate", json=body)
+        assert response.status_code == 400 and response.get_json()["error"].startswith("prompt must be a string, got ")
+    assert client.post("/api/classify", json={"text": 7}).get_json()["error"] == "text must be a string, got 7"
+
+
+def test_an_empty_chat_message_is_refused(client):
+    client.post("/api/model", json={"name": "tiny-instruct.pth"})
+    for prompt in ("", "  \n", None):
+        response = client.post("/api/generate", json={"prompt": prompt, "mode": "chat"})
+        assert response.status_code == 400
+        assert response.get_json()["error"] == "type a message to send: chat answers an instruction"
+    assert not client.state.lock.locked()
+
+
 def test_a_damaged_checkpoint_gets_a_message_and_the_server_goes_on(client):
     response = client.post("/api/model", json={"name": "broken.pth"})
     assert response.status_code == 400
