@@ -76,13 +76,12 @@ class FeedForward(nn.Module):
         return self.fc3(F.silu(self.fc1(x)) * self.fc2(x))
 
 
-def compute_rope_params(head_dim, theta_base=10_000, context_length=4096, freq_config=None,
-                        device=None):
-    """cos and sin of every position's rotation angles, each (context_length, head_dim), float32.
-
-    Pair i of a head's features turns by position * theta_base ** (-2i / head_dim). freq_config
-    (Llama 3.1 onwards) slows the low frequencies by `factor`, keeps the high ones, and blends in
-    between, so that a model trained on original_context_length tokens works on longer inputs."""
+def rope_frequencies(head_dim, theta_base=10_000, freq_config=None, device=None):
+    """The angle (radians) by which each of a head's head_dim / 2 feature pairs turns per position,
+    fastest first: pair i turns by theta_base ** (-2i / head_dim). freq_config (Llama 3.1 onwards)
+    divides the low frequencies (wavelength over original_context_length / low_freq_factor tokens)
+    by `factor`, keeps the high ones (under original_context_length / high_freq_factor), and blends
+    in between, so that a model trained on original_context_length tokens works on longer inputs."""
     if head_dim % 2:
         raise ValueError(f"RoPE rotates pairs of features: head_dim must be even, got {head_dim}")
     inv_freq = 1.0 / (theta_base ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
@@ -95,6 +94,14 @@ def compute_rope_params(head_dim, theta_base=10_000, context_length=4096, freq_c
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         is_medium = (wavelen <= original / low) & (wavelen >= original / high)
         inv_freq = torch.where(is_medium, smoothed, scaled)
+    return inv_freq
+
+
+def compute_rope_params(head_dim, theta_base=10_000, context_length=4096, freq_config=None,
+                        device=None):
+    """cos and sin of every position's rotation angles, each (context_length, head_dim), float32:
+    position p turns pair i by p * rope_frequencies(...)[i]."""
+    inv_freq = rope_frequencies(head_dim, theta_base, freq_config, device)
     positions = torch.arange(context_length, device=device).float()
     angles = positions[:, None] * inv_freq[None, :]
     angles = torch.cat([angles, angles], dim=-1)  # the two halves of a head form the pairs
@@ -299,14 +306,23 @@ def swap_feed_forward(model, cfg):
 
 
 def swap_to_rope(model, cfg):
-    """Step 3: no position embedding; attention rotates queries and keys instead. One key/value
-    head per query head (num_kv_groups = n_heads) is still multi-head attention."""
+    """Step 3a: no position embedding; attention rotates queries and keys instead, with plain RoPE
+    of base rope_base (step 3b adds Llama 3's scaling). One key/value head per query head
+    (num_kv_groups = n_heads) is still multi-head attention."""
     model.pos_emb = NoPositionEmbedding(cfg["context_length"])
     with torch.device(model_device(model)):
-        rope = RoPE(cfg["emb_dim"] // cfg["n_heads"], cfg["context_length"], cfg["rope_base"],
-                    cfg.get("rope_freq"))
+        rope = RoPE(cfg["emb_dim"] // cfg["n_heads"], cfg["context_length"], cfg["rope_base"])
         for block in model.trf_blocks:
             block.att = GroupedQueryAttention(cfg["emb_dim"], cfg["n_heads"], cfg["n_heads"], rope)
+
+
+def scale_rope_frequencies(model, cfg):
+    """Step 3b: Llama 3's rope_freq slows RoPE's low frequencies; no weights change. One RoPE,
+    shared by every layer, as in Llama3Model."""
+    rope = RoPE(cfg["emb_dim"] // cfg["n_heads"], cfg["context_length"], cfg["rope_base"],
+                cfg.get("rope_freq"))
+    for block in model.trf_blocks:
+        block.att.rope = rope
 
 
 def swap_to_gqa(model, cfg):
@@ -332,15 +348,18 @@ def remove_biases_dropout_tie(model, cfg):
 STEPS = [
     ("1. LayerNorm -> RMSNorm", swap_norms),
     ("2. GELU feed forward -> SwiGLU", swap_feed_forward),
-    ("3. absolute position embeddings -> RoPE", swap_to_rope),
+    ("3a. absolute position embeddings -> RoPE", swap_to_rope),
+    ("3b. Llama 3's RoPE frequency scaling", scale_rope_frequencies),
     ("4. multi-head -> grouped-query attention", swap_to_gqa),
     ("5. no biases, no dropout, tied embeddings", remove_biases_dropout_tie),
 ]
 
 # The small model each step runs: GPT-2's tokenizer and chapter 5's context, a few narrow layers,
 # plus the keys Llama adds. hidden_dim 128 = 8/3 * 48 gives SwiGLU GPT-2's feed forward size.
+# RoPE as in Llama 3.2: theta 500,000 and its rope_freq.
 WALK_CONFIG = {**GPT_CONFIG_124M, "emb_dim": 48, "n_heads": 4, "n_layers": 2, "hidden_dim": 128,
-               "n_kv_groups": 2, "rope_base": 500_000.0, "dtype": torch.float32, "tie_embeddings": True}
+               "n_kv_groups": 2, "rope_base": 500_000.0, "rope_freq": LLAMA32_CONFIG_1B["rope_freq"],
+               "dtype": torch.float32, "tie_embeddings": True}
 # The same swaps at GPT-2 124M's size (2048 = 8/3 * 768), counted on the meta device.
 WALK_CONFIG_124M = {**WALK_CONFIG, "emb_dim": 768, "n_heads": 12, "n_layers": 12, "hidden_dim": 2048,
                     "n_kv_groups": 4}
@@ -349,6 +368,30 @@ WALK_CONFIG_124M = {**WALK_CONFIG, "emb_dim": 768, "n_heads": 12, "n_layers": 12
 def count(model):
     """Parameters, counting a tied weight once (model.parameters() yields each tensor once)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def print_rope_scaling(model, cfg, idx):
+    """What step 3b changes: which frequencies rope_freq divides, by how much, and how much the
+    logits of `model` (a swapped GPTModel) move with and without it, on idx and on a long input."""
+    head_dim, freq = cfg["emb_dim"] // cfg["n_heads"], cfg["rope_freq"]
+    plain = rope_frequencies(head_dim, cfg["rope_base"])
+    slower = plain / rope_frequencies(head_dim, cfg["rope_base"], freq)
+    wavelengths = (2 * math.pi / plain).round().int().tolist()
+    kept_below = freq["original_context_length"] / freq["high_freq_factor"]
+    print(f"\nStep 3b: rope_freq (Llama 3.2's: trained on {freq['original_context_length']:,} tokens, "
+          f"low frequencies {freq['factor']:g}x slower) divides the {head_dim // 2} frequencies of a "
+          f"{head_dim}-wide head by {[round(value, 3) for value in slower.tolist()]}; their wavelengths "
+          f"are {wavelengths} tokens, and those under {kept_below:,.0f} stay.")
+    changes = []
+    for tokens in (idx, idx.repeat(1, cfg["context_length"] // idx.shape[1])):
+        with torch.no_grad():
+            scale_rope_frequencies(model, {**cfg, "rope_freq": None})
+            without = model(tokens)
+            scale_rope_frequencies(model, cfg)
+            changes.append((model(tokens) - without).abs().max().item())
+    print(f"With and without it, the final model's logits differ by at most {changes[0]:.1e} on the "
+          f"{idx.shape[1]} input tokens and {changes[1]:.3f} on {cfg['context_length']} (the input "
+          "repeated): within a few tokens the slowed pairs have hardly turned.")
 
 
 def main():
@@ -380,6 +423,7 @@ def main():
         same = torch.equal(llama(idx), model(idx))
     print("\nLlama3Model(cfg) with the swapped model's weights gives the same logits:", same)
 
+    print_rope_scaling(model, WALK_CONFIG, idx)
     block = model.trf_blocks[0]
     print(f"Per layer and token, the KV cache holds {2 * block.att.num_kv_groups * block.att.head_dim} "
           f"numbers with {block.att.num_kv_groups} key/value heads instead of "

@@ -67,8 +67,10 @@ def swap_attention(model, cfg):
         block.att.load_state_dict(kept, strict=False)
 
 
-# The small Llama of gpt_to_llama.py's walk-through, then with Qwen3's two changes.
-QK_NORM_CONFIG = {**WALK_CONFIG, "head_dim": WALK_CONFIG["emb_dim"] // WALK_CONFIG["n_heads"],
+# The small Llama of gpt_to_llama.py's walk-through with plain RoPE (Qwen3 does not scale its
+# frequencies as Llama 3 does), then with Qwen3's two changes.
+LLAMA_START_CONFIG = {**WALK_CONFIG, "rope_freq": None}
+QK_NORM_CONFIG = {**LLAMA_START_CONFIG, "head_dim": WALK_CONFIG["emb_dim"] // WALK_CONFIG["n_heads"],
                   "qk_norm": True, "rms_norm_eps": 1e-5}
 QWEN3_WALK_CONFIG = {**QK_NORM_CONFIG, "head_dim": 32}  # 4 heads of 32 in a 48-wide model
 
@@ -77,7 +79,7 @@ def main():
     tokenizer = get_gpt2_tokenizer()
     idx = text_to_token_ids(START_CONTEXT, tokenizer)
     torch.manual_seed(123)
-    model = Llama3Model(WALK_CONFIG).eval()
+    model = Llama3Model(LLAMA_START_CONFIG).eval()
 
     def report(title):
         with torch.no_grad():
@@ -85,7 +87,7 @@ def main():
         print(f"{title:52s} {count(model):10,}   {logits.numpy().round(4)}")
 
     print(f"{'step':52s} {'parameters':>10s}   last position's first logits")
-    report("Llama3Model (gpt_to_llama.py's small config)")
+    report("Llama3Model (gpt_to_llama.py's, plain RoPE)")
     swap_attention(model, QK_NORM_CONFIG)
     report("6a. RMSNorm on queries and keys (qk_norm)")
     torch.manual_seed(123)

@@ -152,14 +152,37 @@ def test_walk_through_swapped_gpt_model_is_llama3_model(capsys, gpt2_tokenizer):
     # Parameter counts: LayerNorm loses its shift, SwiGLU's 3 x 768 x 2048 equals GPT-2's 8 x 768^2
     # minus biases, RoPE drops 256 x 768 position weights (and the new attention has no out_proj
     # bias), 4 key/value heads of 12 drop 2 x 768 x 512 per layer, tying drops 50257 x 768.
-    counts = [162_419_712, 162_400_512, 162_354_432, 162_148_608, 152_711_424, 114_114_048]
-    for line, expected in zip([line for line in out.splitlines() if line[:2] in
-                               ("0.", "1.", "2.", "3.", "4.", "5.")], counts):
+    counts = [162_419_712, 162_400_512, 162_354_432, 162_148_608, 162_148_608, 152_711_424, 114_114_048]
+    rows = [line for line in out.splitlines() if re.match(r"[0-5][ab]?\. ", line)]
+    assert [row.split(".")[0] for row in rows] == ["0", "1", "2", "3a", "3b", "4", "5"]
+    for line, expected in zip(rows, counts):
         assert f"{expected:,}" in line
     assert "Llama 3.2 1B (LLAMA32_CONFIG_1B): 1,235,814,400 parameters" in out
     scores = out.split("at positions 0, 100, 1000: ")[1].splitlines()[0]
     first, *others = json.loads(scores)  # RoPE: the score depends on the distance only
     assert all(abs(other - first) < 1e-3 for other in others)
+
+
+def test_walk_through_uses_llama_32_rope_scaling(capsys, gpt2_tokenizer):
+    """Step 3b puts Llama 3.2's rope_freq into the walk model; the frequencies it prints as divided
+    are transformers' (LlamaRotaryEmbedding with rope_type llama3), and the logits move."""
+    import gpt_to_llama
+
+    assert gpt_to_llama.WALK_CONFIG["rope_freq"] == gpt_to_llama.LLAMA32_CONFIG_1B["rope_freq"]
+    gpt_to_llama.main()
+    out = capsys.readouterr().out
+    freq = gpt_to_llama.WALK_CONFIG["rope_freq"]
+    rope_parameters = {"rope_type": "llama3", "rope_theta": 500_000.0,
+                       "original_max_position_embeddings": freq["original_context_length"],
+                       **{key: freq[key] for key in ("factor", "low_freq_factor", "high_freq_factor")}}
+    plain, scaled = (modeling_llama.LlamaRotaryEmbedding(llama_config(
+        hidden_size=48, num_attention_heads=4, max_position_embeddings=256, rope_parameters=parameters
+    )).inv_freq for parameters in ({"rope_type": "default", "rope_theta": 500_000.0}, rope_parameters))
+    printed = json.loads(re.search(r"frequencies of a 12-wide head by (\[[^]]*\])", out)[1])
+    assert printed == pytest.approx((plain / scaled).tolist(), abs=1e-3)
+    assert printed[:3] == [1.0, 1.0, 1.0] and printed[4:] == [32.0, 32.0] and 1 < printed[3] < 32
+    changes = re.search(r"differ by at most ([\d.e+-]+) on the 4 input tokens and ([\d.]+) on 256", out)
+    assert 0 < float(changes[1]) < 0.01 < float(changes[2])
 
 
 def test_qwen3_walk_through(capsys, gpt2_tokenizer):
