@@ -359,8 +359,9 @@ def parse_args(argv=None):
     parser.add_argument("--gpt2", action="store_true",
                         help="offer OpenAI's GPT-2 too (which files: --model, --weights, --models-dir)")
     parser.add_argument("--quick", action="store_true",
-                        help="offer tiny random models (a GPT, an instruction model, a classifier), nothing "
-                             "downloaded, to try the page")
+                        help="offer tiny random models (a GPT, an instruction model, a classifier) to try "
+                             "the page, with no weights to download; they use GPT-2's tokenizer where "
+                             "tiktoken can load it, else a character tokenizer")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this computer only)")
     parser.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free one")

@@ -5,6 +5,8 @@ instruction model, chapter 6's classifier), OpenAI's GPT-2, and --quick's tiny r
 Not a chapter: no letter imports it, so it may import any.
 """
 
+import functools
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,11 +14,11 @@ import torch
 
 from d_tokenizer import get_gpt2_tokenizer
 from generate_text import alpaca_prompt, check_can_generate, checkpoint_tokenizer, uses_alpaca_prompt
-from own_tokenizers import ENDOFTEXT
+from own_tokenizers import ENDOFTEXT, CharTokenizer
 from plumbing import OUTPUTS_DIR, ScriptError
 from checkpoints import load_checkpoint, model_from_checkpoint
 from fast_attention import lay_out_weights_for_decoding
-from v_load_gpt2_weights import load_gpt2, quick_model
+from v_load_gpt2_weights import QUICK_CONFIG, load_gpt2, quick_model
 from w_finetune_classifier import build_classifier, load_classifier
 
 OWN_MODEL_HINT = ("open your own model instead: --checkpoint outputs/model_and_optimizer.pth (written by "
@@ -90,18 +92,31 @@ def model_sources(args, device):
 
 
 def quick_sources(device):
-    """--quick: v's tiny random GPT-2-shaped model as each kind of model, nothing downloaded."""
+    """--quick: v's tiny random GPT-2-shaped model as each kind of model, no weights downloaded; the
+    tokenizer is quick_tokenizer's, read once when the first of them opens."""
+    tokenizer = functools.cache(quick_tokenizer)
+
     def make(kind, name):
         def open_quick():
-            model, cfg = quick_model(device)
+            model, cfg = quick_model(device, {**QUICK_CONFIG, "vocab_size": tokenizer().n_vocab})
             if kind == "classifier":
                 model = build_classifier(model).eval()
-            return PlaygroundModel(name, kind, model, cfg, get_gpt2_tokenizer())
+            return PlaygroundModel(name, kind, model, cfg, tokenizer())
         return open_quick
 
     names = {"lm": "quick: tiny random GPT", "instruct": "quick: tiny random instruction model",
              "classifier": "quick: tiny random spam classifier"}
     return {name: make(kind, name) for kind, name in names.items()}
+
+
+def quick_tokenizer():
+    """GPT-2's tokenizer where tiktoken can load it (from its cache; online it fetches its two files
+    once), else the series' character tokenizer over printable ASCII: --quick needs no download."""
+    try:
+        return get_gpt2_tokenizer()
+    except ScriptError as error:
+        print(f"note: {error}. The quick models use a character tokenizer (printable ASCII) instead")
+        return CharTokenizer(sorted(string.printable))
 
 
 def model_info(loaded):

@@ -2,6 +2,9 @@
 the token stream against chapter 5's generate, and the attention weights against a hand computation."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -181,6 +184,40 @@ def test_quick_offers_a_tiny_random_model_of_each_kind(gpt2_tokenizer):
     assert kinds[0].tokenizer.encode("Every effort") == gpt2_tokenizer.encode("Every effort")
 
 
+QUICK_OFFLINE = """
+import json, playground
+from playground_models import model_sources
+state = playground.Playground(model_sources(playground.parse_args(["--quick"]), "cpu"))
+client = playground.create_app(state).test_client()
+opened = [client.post("/api/model", json={"name": name}).get_json() for name in reversed(state.sources)]
+stream = client.post("/api/generate", json={"prompt": "Hi", "max_new_tokens": 3, "temperature": 0})
+tokens = client.post("/api/tokens", json={"prompt": "Hi"}).get_json()
+print(json.dumps({"opened": opened, "stream": stream.get_data(as_text=True), "tokens": tokens["ids"]}))
+"""
+
+
+def test_quick_runs_without_tiktokens_files_and_without_a_network(tmp_path):
+    # An empty tiktoken cache, and every web request sent to a closed port of this computer.
+    (tmp_path / "cache").mkdir()
+    closed = "http://127.0.0.1:9"
+    env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path / "cache"), "HTTPS_PROXY": closed,
+           "HTTP_PROXY": closed, "https_proxy": closed, "http_proxy": closed, "NO_PROXY": "", "no_proxy": ""}
+    result = subprocess.run([sys.executable, "-c", QUICK_OFFLINE], cwd=playground.STATIC_DIR.parent, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    notes, data = result.stdout.splitlines()[:-1], json.loads(result.stdout.splitlines()[-1])
+    fallback = [line for line in notes if "could not load the GPT-2 encoding" in line]
+    assert len(fallback) == 1  # said once, though three models opened
+    assert fallback[0].endswith("The quick models use a character tokenizer (printable ASCII) instead")
+    assert [info["kind"] for info in data["opened"]] == ["classifier", "instruct", "lm"]
+    assert {info["tokenizer"] for info in data["opened"]} == {"character"}
+    assert {info["vocab_size"] for info in data["opened"]} == {102}  # 100 printable characters + 2 special
+    assert data["tokens"] == [ord("H") - ord(" ") + 5, ord("i") - ord(" ") + 5]  # after \t\n\x0b\x0c\r
+    stream = [json.loads(line) for line in data["stream"].splitlines()]
+    assert [event["type"] for event in stream] == ["start", "token", "token", "token", "end"]
+    assert os.listdir(tmp_path / "cache") == []
+
+
 def test_gpt2_placed_by_hand_opens_with_transformers_logits(tmp_path, gpt2_tokenizer, monkeypatch):
     transformers = pytest.importorskip("transformers")
     monkeypatch.setenv("LLM_UNVERIFIED_DATA", "1")  # a tiny stand-in where the pinned 124M files go
@@ -340,8 +377,10 @@ def test_a_null_prompt_is_empty_and_other_non_text_is_refused(client):
     assert stream[0] == {"type": "start", "prompt": "", "prompt_tokens": 1}  # starts at <|endoftext|>
     for body in ({"prompt": 5}, {"prompt": ["Every"]}):
         response = client.post("/api/generate", json=body)
-        assert response.status_code == 400 and response.get_json()["error"].startswith("prompt must be a string, got ")
-    assert client.post("/api/classify", json={"text": 7}).get_json()["error"] == "text must be a string, got 7"
+        assert response.status_code == 400
+        assert response.get_json()["error"].startswith("prompt must be a string, got ")
+    assert client.post("/api/classify", json={"text": 7}).get_json()["error"] == \
+        "text must be a string, got 7"
 
 
 def test_an_empty_chat_message_is_refused(client):
