@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock, Timeout
 
-from checkpoints import GPT2_VOCAB_SIZE, load_checkpoint, save_checkpoint
+from checkpoints import GPT2_VOCAB_SIZE, load_checkpoint, model_from_checkpoint, save_checkpoint
 from d_tokenizer import get_gpt2_tokenizer
 from own_tokenizers import tokenizer_from_dict, tokenizer_to_dict
 from s_gpt_model import GPTModel
@@ -91,10 +91,8 @@ def starting_model(init_from, weights, models_dir, context_length=None, drop_rat
     the series (a path), to train on. A smaller context_length crops the position embeddings and
     causal masks to their first positions, as nanoGPT's crop_block_size does."""
     if Path(init_from).is_file() or init_from.endswith(".pth"):
-        checkpoint = load_checkpoint(init_from, hint="give --init-from a checkpoint of the series or a "
-                                                     "GPT-2 size such as 124M")
-        cfg, state = dict(checkpoint["config"]), checkpoint["model_state_dict"]
-        tokenizer = checkpoint_tokenizer(checkpoint, init_from)
+        model, cfg, tokenizer = checkpoint_language_model(init_from)
+        cfg, state = dict(cfg), model.state_dict()
     else:
         try:
             name = gpt2_model_name(init_from)
@@ -119,6 +117,25 @@ def starting_model(init_from, weights, models_dir, context_length=None, drop_rat
     return model, cfg, tokenizer
 
 
+def checkpoint_language_model(path):
+    """(model, cfg, tokenizer) of a checkpoint of the series that predicts next tokens, or one line
+    that says why it cannot be trained on text: checkpoints.model_from_checkpoint's checks of the
+    config and the weights, and chapter 6's classifier named as such."""
+    checkpoint = load_checkpoint(path, hint="give --init-from a checkpoint of the series or a GPT-2 size "
+                                            "such as 124M")
+    if "num_classes" in checkpoint:
+        raise ScriptError(f"{path} is chapter 6's classifier: its output layer scores "
+                          f"{checkpoint['num_classes']} classes, not the next token, so it cannot be trained "
+                          "on text; give --init-from a language model (train_own_text.py's, "
+                          "u_pretraining.py's or chapter 7's checkpoint) or a GPT-2 size such as 124M")
+    # The small entries only: model_from_checkpoint reads the weights again, and two copies of a
+    # large model's weights need not be in memory at once.
+    entries = {key: checkpoint[key] for key in ("config", "tokenizer") if key in checkpoint}
+    del checkpoint
+    model, cfg = model_from_checkpoint(path)
+    return model, cfg, checkpoint_tokenizer(entries, path)
+
+
 def checkpoint_tokenizer(checkpoint, path):
     """The tokenizer a checkpoint was trained with: stored inside (train_own_text.py), else GPT-2's."""
     if "tokenizer" in checkpoint:
@@ -134,9 +151,13 @@ def checkpoint_tokenizer(checkpoint, path):
 def checkpoint_lock(path):
     """Hold <checkpoint>.lock for the whole run, so that a second run on the same checkpoint stops at
     once instead of deleting the first one's temporary file or overwriting its result. Checks first
-    that the folder can be written, before anything is trained."""
+    that the folder can be written, before anything is trained. A run that is refused (or fails)
+    removes the lock file and the empty folders it created: it leaves nothing but whole files."""
+    folders = new_folders(path.parent)
     ensure_writable(path.parent)
-    lock = FileLock(path.with_name(path.name + ".lock"))
+    lock_path = path.with_name(path.name + ".lock")
+    created = ([] if lock_path.exists() else [lock_path]) + folders
+    lock = FileLock(lock_path)
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -150,8 +171,26 @@ def checkpoint_lock(path):
         for stale in path.parent.glob(glob.escape(path.name) + ".*.part"):
             stale.unlink(missing_ok=True)
         yield
+    except BaseException:
+        remove_created(created)  # while the lock is held, so no other run is using the path
+        raise
     finally:
         lock.release()
+
+
+def new_folders(folder):
+    """The folders that creating `folder` would create, innermost first."""
+    folder = Path(folder).absolute()
+    return [parent for parent in (folder, *folder.parents) if not parent.exists()]
+
+
+def remove_created(paths):
+    """Remove the lock file and the folders a run made, as long as nothing else was put there."""
+    for path in paths:
+        try:
+            path.rmdir() if path.is_dir() else path.unlink(missing_ok=True)
+        except OSError:
+            return  # a folder that holds other files (a best checkpoint, a tokenizer) stays
 
 
 def plot_path(checkpoint_path):

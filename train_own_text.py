@@ -147,7 +147,8 @@ OPTIONS = (
            f"(default outputs/{DEFAULT_CHECKPOINT}); beside it go <name>-best.pth (the lowest validation "
            "loss), <name>-tokenizer.json and <name>-losses.png"),
     Option("--checkpoint-dir", str, None, "folder of --checkpoint when that is a bare name or not given "
-           "(default outputs/, outputs/quick/ with --quick, or $LLM_OUTPUTS_DIR)"),
+           "(default outputs/, outputs/quick/ with --quick, or $LLM_OUTPUTS_DIR); a --checkpoint with a "
+           "folder part (./x.pth, runs/x.pth) is used as given"),
     Option("--data-dir", str, None, "where 'shakespeare' and 'wikitext2' are downloaded to and read from "
            "(default data/, or $LLM_DATA_DIR)"),
     Option("--prompt", str, None, "text that the sample at the end of the run continues (default: the "
@@ -264,9 +265,6 @@ def start_run(args, checkpoint_path, device, rank=0, world_size=1):
     else:
         tokenizer = build_tokenizer(settings["tokenizer"], train_text, settings["bpe_merges"],
                                     settings["bpe_path"], settings["vocab_size"])
-    if settings["tokenizer"] != "gpt2" and rank == 0:
-        tokenizer_path = checkpoint_path.with_name(checkpoint_path.stem + "-tokenizer.json")
-        print("Saved the tokenizer to", save_tokenizer(tokenizer, tokenizer_path))
     cfg["vocab_size"] = tokenizer.n_vocab
     train_set, val_set = make_datasets(train_text, val_text, tokenizer, cfg["context_length"],
                                        settings["batch_size"], token_folder(settings, args.data_dir))
@@ -283,6 +281,9 @@ def start_run(args, checkpoint_path, device, rank=0, world_size=1):
         total_steps = min(total_steps, settings["max_steps"])
     settings["total_steps"] = total_steps
     settings["warmup_steps"] = int(settings["warmup_fraction"] * total_steps)
+    if settings["tokenizer"] != "gpt2" and rank == 0:  # after every check: a refused run writes nothing
+        tokenizer_path = checkpoint_path.with_name(checkpoint_path.stem + "-tokenizer.json")
+        print("Saved the tokenizer to", save_tokenizer(tokenizer, tokenizer_path))
     model, optimizer = new_model_and_optimizer(cfg, settings, device, model)
     return Run(model, optimizer, tokenizer, cfg, settings, new_train_state(), train_set, val_set, device,
                checkpoint_path, rank=rank, world_size=world_size)
@@ -357,13 +358,19 @@ def main(argv=None):
         dist.destroy_process_group()
 
 
+def checkpoint_location(checkpoint, checkpoint_dir, quick):
+    """--checkpoint as given when it names a folder (runs/x.pth, ./x.pth, an absolute path); a bare
+    name goes into --checkpoint-dir, by default outputs/, or outputs/quick/ for a --quick run, where
+    it cannot replace a full run's files."""
+    checkpoint = checkpoint or DEFAULT_CHECKPOINT
+    if os.path.dirname(checkpoint):  # Path("./x.pth") drops the "./" that says "here"
+        return Path(checkpoint)
+    return Path(checkpoint_dir or outputs_folder(quick=quick)) / checkpoint
+
+
 def train(args, rank, world_size, device):
     device = device or get_device(args.device)
-    # A --quick run's files go to outputs/quick/, where they cannot replace a real run's.
-    default_dir = outputs_folder(quick=args.quick)
-    checkpoint_path = Path(args.checkpoint_dir or default_dir) / (args.checkpoint or DEFAULT_CHECKPOINT)
-    if args.checkpoint and not args.checkpoint_dir:
-        checkpoint_path = Path(args.checkpoint)  # a path as given, from the current folder
+    checkpoint_path = checkpoint_location(args.checkpoint, args.checkpoint_dir, args.quick)
     if args.resume:
         if not checkpoint_path.is_file():  # say so before the lock creates anything beside it
             load_checkpoint(checkpoint_path, hint=RESUME_HINT)

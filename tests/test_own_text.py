@@ -23,6 +23,7 @@ import own_text_data
 import own_text_tokens
 import fast_pretraining
 import own_tokenizers
+import plumbing
 import train_own_text
 from conftest import hf_state_dict, openai_variables, run_script
 from a_tokenizer import split_text
@@ -546,19 +547,52 @@ def test_resume_without_a_checkpoint_says_how_to_start_one(tmp_path):
     assert not (tmp_path / "runs").exists()  # no folder, no lock file made for nothing
 
 
-def test_every_run_ends_with_a_sample(story_file, tmp_path, capsys):
-    path = tmp_path / "sampled.pth"
-    train_own_text.main(tiny_run_args(story_file, path, "--stop-after", "2", "--prompt", "The keeper",
-                                      "--sample-tokens", "7"))
+@pytest.mark.parametrize("stop", [["--stop-after", "2"], ["--max-steps", "2"], ["--quick"]])
+def test_every_run_ends_with_a_sample(story_file, tmp_path, monkeypatch, capsys, stop):
+    monkeypatch.setattr(plumbing, "OUTPUTS_DIR", tmp_path / "outputs")
+    monkeypatch.chdir(story_file.parent)
+    if stop == ["--quick"]:  # its 20 steps end inside the first epoch of this longer text
+        story_file.write_text(STORY * 20, encoding="utf-8")
+        argv = ["--data", str(story_file), "--quick", "--checkpoint", "sampled.pth", "--seed", "7"]
+        path = tmp_path / "outputs" / "quick" / "sampled.pth"  # a bare name: in --quick's folder
+    else:
+        argv, path = tiny_run_args(story_file, tmp_path / "sampled.pth", *stop), tmp_path / "sampled.pth"
+    state = train_own_text.main([*argv, "--prompt", "The keeper", "--sample-tokens", "7", "--device", "cpu"])
     out = capsys.readouterr().out
-    assert f"Best checkpoint: {tmp_path / 'sampled-best.pth'} (step 1, validation loss" in out
-    model, cfg = model_from_checkpoint(path)  # the model as it was when the run stopped, at step 2
+    assert state["global_step"] == (20 if stop == ["--quick"] else 2) and state["epoch"] == 0
+    assert "Sample after epoch" not in out  # the sample below is the end of the run's, mid-epoch
+    assert f"Best checkpoint: {path.with_name('sampled-best.pth')} (step {state['best_step']}, " \
+           f"validation loss {state['best_val_loss']:.3f})" in out
+    model, cfg = model_from_checkpoint(path)  # the model as it was when the run stopped
     tokenizer = tokenizer_from_dict(torch.load(path, weights_only=True)["tokenizer"])
     torch.manual_seed(7)  # the run's --seed
     expected = generate(model, torch.tensor([tokenizer.encode("The keeper")]), 7, cfg["context_length"],
                         temperature=0.8, top_k=50)
     assert f"Sample (7 tokens, temperature 0.8, top-k 50):\n{tokenizer.decode(expected[0].tolist())}\n" in out
     assert len(tokenizer.decode(expected[0].tolist())) == len("The keeper") + 7
+
+
+def test_a_bare_checkpoint_name_goes_into_the_checkpoint_folder(story_file, tmp_path, monkeypatch):
+    outputs, here, runs = tmp_path / "outputs", tmp_path / "here", tmp_path / "runs"
+    here.mkdir()
+    monkeypatch.setattr(plumbing, "OUTPUTS_DIR", outputs)
+    monkeypatch.chdir(here)
+    places = {("bare.pth",): outputs / "bare.pth", ("./dot.pth",): here / "dot.pth",
+              ("sub/in_sub.pth",): here / "sub" / "in_sub.pth",
+              (str(tmp_path / "abs.pth"),): tmp_path / "abs.pth",
+              ("bare.pth", "--checkpoint-dir", str(runs)): runs / "bare.pth",
+              ("./dot2.pth", "--checkpoint-dir", str(runs)): here / "dot2.pth"}
+    for (name, *extra), place in places.items():
+        train_own_text.main(tiny_run_args(story_file, name, "--max-steps", "1", *extra))
+        assert final_run(place)[0]["global_step"] == 1, name
+    assert sorted(p.name for p in here.iterdir()) == ["dot-best.pth", "dot-losses.png", "dot-tokenizer.json",
+                                                      "dot.pth", "dot.pth.lock", "dot2-best.pth",
+                                                      "dot2-losses.png", "dot2-tokenizer.json", "dot2.pth",
+                                                      "dot2.pth.lock", "sub"]
+    with pytest.raises(ScriptError, match=re.escape(f"{outputs / 'bare.pth'} already exists")):
+        train_own_text.main(tiny_run_args(story_file, "bare.pth"))
+    state = train_own_text.main(["--resume", "--checkpoint", "bare.pth"])  # found where it was written
+    assert state["global_step"] == 1
 
 
 def test_data_dir_and_checkpoint_dir(tmp_path, monkeypatch, capsys):
@@ -630,6 +664,35 @@ def test_init_from_a_checkpoint_crops_the_context_and_resumes(story_file, tmp_pa
                                               *extra))
     with pytest.raises(ScriptError, match="'gpt3' is no checkpoint file and unknown GPT-2 model"):
         train_own_text.main(init_run_args(story_file, tmp_path / "c.pth", "--init-from", "gpt3"))
+
+
+def test_init_from_a_model_that_is_no_language_model_is_one_line(story_file, tmp_path):
+    from w_finetune_classifier import build_classifier
+
+    torch.manual_seed(0)
+    classifier = build_classifier(GPTModel(TINY_GPT2), num_classes=2)
+    starts = {"classifier": save_checkpoint(tmp_path / "review_classifier.pth", classifier, TINY_GPT2,
+                                            num_classes=2, max_length=12),  # as chapter 6 saves it
+              "headless": save_checkpoint(tmp_path / "old_classifier.pth", classifier, TINY_GPT2),
+              "no config": tmp_path / "weights_only.pth"}
+    torch.save({"model_state_dict": GPTModel(TINY_GPT2).state_dict()}, starts["no config"])
+    expected = {
+        "classifier": f"{starts['classifier']} is chapter 6's classifier: its output layer scores 2 "
+                      "classes, not the next token, so it cannot be trained on text; give --init-from a "
+                      "language model",
+        "headless": f"the weights in {starts['headless']} do not fit a GPTModel built from its config: "
+                    "unexpected 1 key(s): out_head.bias; 1 shape(s) differ: out_head.weight is (2, 8) in the "
+                    "file, (50257, 8) in the model",
+        "no config": f"{starts['no config']} holds no model config; it was not written by save_checkpoint"}
+    runs = tmp_path / "runs" / "ft"
+    for kind, start in starts.items():
+        argv = init_run_args(story_file, runs / "ft.pth", "--init-from", str(start))
+        with pytest.raises(SystemExit) as refused:
+            run_main(lambda argv=argv: train_own_text.main(argv))
+        first_line, traceback_hint = str(refused.value).splitlines()
+        assert first_line.startswith(f"error: {expected[kind]}"), kind
+        assert traceback_hint == "(set LLM_TRACEBACK=1 to see the full traceback)"
+        assert not (tmp_path / "runs").exists(), kind  # no lock file, no folder made for nothing
 
 
 def test_init_from_gpt2_files_placed_by_hand(story_file, tmp_path, monkeypatch, gpt2_tokenizer):
@@ -763,6 +826,7 @@ def test_too_short_text_is_a_clear_error(tmp_path):
     short.write_text(STORY[:200], encoding="utf-8")  # enough for a window, not for a batch of 16
     with pytest.raises(ScriptError, match="fewer than one batch of --batch-size 16"):
         train_own_text.main(tiny_run_args(short, tmp_path / "b.pth"))
+    assert [p.name for p in tmp_path.iterdir()] == ["short.txt"]  # no lock file, no tokenizer file
 
 
 # ---- generation ----
