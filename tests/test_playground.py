@@ -3,6 +3,7 @@ the token stream against chapter 5's generate, and the attention weights against
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -172,6 +173,23 @@ def test_each_kind_of_checkpoint_opens_with_its_tokenizer_and_prompt_style(tmp_p
         "tiny-lm.pth": "lm", "tiny-instruct.pth": "instruct", "tiny-classifier.pth": "classifier"}
     assert kinds["tiny-lm.pth"].tokenizer.encode("fox") == TOKENIZER.encode("fox")
     assert kinds["tiny-classifier.pth"].model.out_head.out_features == 2
+
+
+def test_a_chapter_5_checkpoint_without_a_tokenizer_reads_gpt2s_and_sft_names_are_instruction_models(
+        tmp_path, gpt2_tokenizer):
+    cfg = {**CFG, "vocab_size": 50257, "emb_dim": 8}
+    torch.manual_seed(0)
+    model = GPTModel(cfg).eval()
+    chapter_5 = save_checkpoint(tmp_path / "model_and_optimizer.pth", model, cfg)  # as u_pretraining saves
+    loaded = open_checkpoint(chapter_5, "cpu")
+    assert (loaded.kind, playground.tokenizer_kind(loaded.tokenizer)) == ("lm", "GPT-2 BPE")
+    assert loaded.tokenizer.encode("Every effort moves") == gpt2_tokenizer.encode("Every effort moves")
+    # Chapter 7 saves <model>-sft.pth with nothing else to say it is an instruction model.
+    sft = save_checkpoint(tmp_path / "gpt2-small124M-sft.pth", model, cfg)
+    assert open_checkpoint(sft, "cpu").kind == "instruct"
+    no_vocab = save_checkpoint(tmp_path / "odd.pth", tiny_model(), CFG)  # no tokenizer, not GPT-2's size
+    with pytest.raises(ScriptError, match="stores no tokenizer and its vocabulary .* is not GPT-2's"):
+        open_checkpoint(no_vocab, "cpu")
 
 
 def test_quick_offers_a_tiny_random_model_of_each_kind(gpt2_tokenizer):
@@ -400,6 +418,55 @@ def test_a_damaged_checkpoint_gets_a_message_and_the_server_goes_on(client):
     assert client.get("/api/models").get_json()["error"].startswith("cannot open broken.pth")
     assert "cannot open broken.pth" in client.post("/api/tokens", json={"prompt": "a"}).get_json()["error"]
     assert client.post("/api/model", json={"name": "tiny-lm.pth"}).status_code == 200
+
+
+def test_an_unknown_model_name_gets_the_list_of_models(client):
+    response = client.post("/api/model", json={"name": "gpt5.pth"})
+    assert response.status_code == 400
+    assert response.get_json()["error"] == ("no model named 'gpt5.pth' here; choose one of: tiny-lm.pth, "
+                                            "tiny-instruct.pth, tiny-classifier.pth, broken.pth")
+    assert client.get("/api/models").get_json()["current"]["name"] == "tiny-lm.pth"  # still open
+
+
+def test_each_kind_of_damaged_file_gets_its_message(tmp_path):
+    lm, _, _ = save_tiny_checkpoints(tmp_path)
+    data = lm.read_bytes()
+    files = {"empty.pth": b"", "truncated.pth": data[:len(data) // 2]}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    torch.save({"model_state_dict": tiny_model().state_dict()}, tmp_path / "no-config.pth")
+    torch.save(tiny_model().state_dict(), tmp_path / "weights-only.pth")
+    broken_cfg = save_checkpoint(tmp_path / "bad-config.pth", tiny_model(), {**CFG, "n_heads": 3},
+                                 tokenizer=tokenizer_to_dict(TOKENIZER))
+    names = [*files, "no-config.pth", "weights-only.pth", broken_cfg.name]
+    state = playground.Playground({name: (lambda p=tmp_path / name: open_checkpoint(p, "cpu"))
+                                   for name in names})
+    client = playground.create_app(state).test_client()
+    errors = {}
+    for name in names:
+        response = client.post("/api/model", json={"name": name})
+        assert response.status_code == 400
+        errors[name] = response.get_json()["error"]
+        assert errors[name].startswith(f"cannot open {name}: ")
+    assert "empty.pth: it is damaged, incomplete or not a PyTorch checkpoint (EOFError)" in \
+        errors["empty.pth"]
+    assert "truncated.pth: it is damaged" in errors["truncated.pth"]
+    assert errors["no-config.pth"].endswith("no-config.pth holds no model config; it was not written by "
+                                            "this project's save_checkpoint")
+    assert "is not a checkpoint of this series: it has no 'model_state_dict'" in errors["weights-only.pth"]
+    assert "does not describe a GPTModel" in errors["bad-config.pth"]  # 16 dimensions over 3 heads
+    assert "weights_only" not in "".join(errors.values())
+    assert client.get("/api/models").get_json()["current"] is None
+
+
+def test_the_page_fetches_nothing_from_outside_this_server():
+    for path in playground.STATIC_DIR.iterdir():
+        text = path.read_text(encoding="utf-8")
+        for pattern in (r"https?:", r"(?<![:\w])//[\w.-]+\.\w", r"@import", r"@font-face", r"url\(",
+                        r"\bsrc=[\"'](?!/static/)", r"\bhref=[\"'](?!/static/)"):
+            assert not re.search(pattern, text, re.IGNORECASE), f"{path.name} matches {pattern}"
+    page = (playground.STATIC_DIR / "index.html").read_text(encoding="utf-8")
+    assert re.findall(r'(?:src|href)="([^"]+)"', page) == ["/static/style.css", "/static/app.js"]
 
 
 def test_chat_puts_the_message_into_the_alpaca_template(client):
