@@ -19,6 +19,7 @@ is not a test.
 Run: python benchmarks/bench_pretraining.py --device cpu --dtype float32 --nanogpt /tmp/nanogpt/model.py
      python benchmarks/bench_pretraining.py --device cpu --compile --paths book fast
      python benchmarks/bench_pretraining.py --config small --steps 3     a quick look
+     python benchmarks/bench_pretraining.py --device cpu --dtype float32 --paths fast compile --profile
 FLOPs per token: 6 x (weights used in matmuls) + 12 x layers x emb_dim x context (the PaLM paper's
 count). Printed as GFLOP/s against the machine's matmul peak (one large torch.mm in the path's dtype,
 measured first) and, where the GPU is in the table, as MFU against its dense bfloat16 peak.
@@ -134,6 +135,9 @@ def parse_args():
                         help="timed steps per path (default: 20 on CUDA, 4 elsewhere)")
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed steps first (default: 3 on CUDA, 1 elsewhere; 2 more with --compile)")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the timing, trace 2 more steps of each path with torch.profiler and "
+                             "print where the time goes (its top operators)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the GPU's dense bfloat16 peak for MFU, if it is not in the table")
     args = parser.parse_args()
@@ -158,6 +162,20 @@ def report(seconds, dtypes, tokens, cfg, context, peaks, gpu_peak):
             ratios = ", ".join(f"{seconds[other] / seconds[base]:.2f}x {PATH_NAMES[other]}"
                                for other in seconds if other != base)
             print(f"  {PATH_NAMES[base]} is {ratios}")
+
+
+def print_profiles(paths, steps=2, rows=12):
+    """Where each path's time goes: torch.profiler's operators over `steps` steps, by their own time
+    (a matmul's time is its own; a compiled graph's generated kernels show as one CompiledFxGraph)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    for name, step in paths.items():
+        with profile(activities=activities) as trace:
+            for _ in range(steps):
+                step()
+        print(f"\n{PATH_NAMES[name]}, {steps} steps under torch.profiler:")
+        print(trace.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
 def main():
@@ -199,6 +217,8 @@ def main():
         print("  matmul peak, best before and after:",
               ", ".join(f"{dtype} {flops / 1e9:.0f} GFLOP/s" for dtype, flops in peaks.items()))
         print(" ", load_line())
+        if args.profile:
+            print_profiles(paths)
 
 
 if __name__ == "__main__":
