@@ -154,9 +154,11 @@ async function generate() {
         ". Click a token for its candidates.";
     } else if (event.type === "error") {
       showMessage(event.message);
+      $("generate-status").textContent = "stopped by an error (see the message above)";
     }
   }, state.abort.signal).catch((error) => {
-    if (error.name === "AbortError") $("generate-status").textContent = "stopped";
+    $("generate-status").textContent = error.name === "AbortError" ? "stopped" :
+      "not generated (see the message above)";
     throw error;
   });
 }
@@ -310,21 +312,35 @@ function shade(w) {
 // ---- chat and classify ----
 
 async function chat() {
-  const message = $("chat-message").value.trim();
+  const box = $("chat-message");
+  const message = box.value.trim();
   if (!message) throw new Error("type a message first");
-  const log = $("chat-log");
-  log.append(turn("user", "You", message));
-  const answer = turn("model", state.model.name, "");
-  log.append(answer);
-  $("chat-message").value = "";
+  const question = turn("user", "You", message), answer = turn("model", state.model.name, "");
+  $("chat-log").append(question, answer);
   const text = answer.querySelector(".text");
-  await stream("/api/generate", { prompt: message, mode: "chat", ...sampling() }, (event) => {
-    if (event.type === "token") text.textContent += event.text;
-    else if (event.type === "end") {
-      text.textContent += event.tail;
-      if (!text.textContent.trim()) text.textContent = "(no answer: the model ended at once)";
-    } else if (event.type === "error") showMessage(event.message);
-  });
+  let started = false;
+  try {
+    await stream("/api/generate", { prompt: message, mode: "chat", ...sampling() }, (event) => {
+      if (event.type === "start") {
+        started = true;
+        box.value = "";  // taken: the box is free for the next message
+      } else if (event.type === "token") text.textContent += event.text;
+      else if (event.type === "end") {
+        text.textContent += event.tail;
+        if (!text.textContent.trim()) text.textContent = "(no answer: the model ended at once)";
+      } else if (event.type === "error") throw new Error(event.message);
+    });
+  } catch (error) {
+    if (started) {  // an answer broken off: it stays, marked, and the message goes back into the box
+      answer.classList.add("failed");
+      text.textContent += (text.textContent ? " " : "") + `[no more: ${error.message}]`;
+      if (!box.value) box.value = message;
+    } else {  // refused (a setting out of range, the model busy): no turns, the message stays typed
+      question.remove();
+      answer.remove();
+    }
+    throw error;
+  }
 }
 
 function turn(kind, who, content) {
@@ -342,9 +358,10 @@ async function classify() {
   const result = $("classify-result");
   result.innerHTML = `<p>The classifier says: <span class="label-big">${escape(data.label)}</span></p>` +
     `<table class="candidates"><tr><th>class</th><th>probability</th></tr>${rows}</table>` +
-    `<p class="hint">The message is ${data.tokens} tokens long` + (data.tokens > data.context_length ?
-      `; like chapter 6's classify_review, the model read its first ${data.context_length} (its context).` : ".") +
-    `</p>`;
+    `<p class="hint">The message is ${data.tokens} token${data.tokens === 1 ? "" : "s"} long` +
+    (data.tokens > data.read_tokens ? `; like chapter 6's classify_review, the model read only its first ` +
+      `${data.read_tokens}: ` + (data.limit === "max_length" ? `the classifier's max_length, the length ` +
+      `of the texts it was trained on.` : `its context length.`) : ".") + `</p>`;
   result.hidden = false;
 }
 

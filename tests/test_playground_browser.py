@@ -161,6 +161,21 @@ def test_generate_next_token_view_attention_chat_and_classify_in_a_browser(app_u
     find(By.ID, "chat-button").click()
     wait.until(lambda _: find(By.ID, "message").is_displayed())
     assert text_of("message").startswith("temperature must be 0 (greedy")
+    wait.until(lambda _: find(By.ID, "chat-button").is_enabled())
+    # The refused message left no turns behind and is still in the box, to send again.
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#chat-log .turn")) == 2
+    assert find(By.ID, "chat-message").get_attribute("value") == "Again."
+
+    # A refused Generate says so beside the button, not "generating...".
+    find(By.CSS_SELECTOR, "#tabs button[data-view=generate]").click()
+    find(By.ID, "temperature").clear()
+    find(By.ID, "temperature").send_keys("0")
+    find(By.ID, "max-new-tokens").clear()
+    find(By.ID, "max-new-tokens").send_keys("5000")
+    find(By.ID, "generate-button").click()
+    wait.until(lambda _: text_of("message").startswith("max new tokens must be from 1 to 1000"))
+    wait.until(lambda _: find(By.ID, "generate-button").is_enabled())
+    assert text_of("generate-status") == "not generated (see the message above)"
 
     # Classify with the classifier: a label and two probabilities.
     Select(find(By.ID, "model-select")).select_by_value("tiny-classifier.pth")
@@ -170,4 +185,6 @@ def test_generate_next_token_view_attention_chat_and_classify_in_a_browser(app_u
     wait.until(lambda _: result.is_displayed())
     assert result.text.split("\n")[0] in ("The classifier says: spam", "The classifier says: not spam")
     assert "not spam" in result.text and "%" in result.text
+    assert result.text.endswith("tokens long; like chapter 6's classify_review, the model read only its "
+                                "first 16: its context length.")
     browser.save_screenshot(str(SCREENSHOTS / "classify.png"))
