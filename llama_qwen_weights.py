@@ -1,20 +1,22 @@
 """Beyond the book: load Llama 3.2 or Qwen3 weights from a Hugging Face model folder into our
 Llama3Model / Qwen3Model, read the model's tokenizer, and chat with it.
 
-A model folder holds config.json, tokenizer.json and one or several *.safetensors shards. The
-model is built on the meta device and takes the file's tensors as its weights, so they are in
-memory once; bf16 weights stay bf16 unless --dtype says otherwise.
+A model folder holds config.json, tokenizer.json, tokenizer_config.json (with the chat template of
+instruction-tuned models) and one or several *.safetensors shards. The model is built on the meta
+device and takes the file's tensors as its weights, so they are in memory once; bf16 weights stay
+bf16 unless --dtype says otherwise.
 
 Run: python llama_qwen_weights.py                         Qwen3-0.6B (downloaded once), chat
      python llama_qwen_weights.py --prompt "Why is the sky blue?" --thinking
      python llama_qwen_weights.py --model-dir data/Llama-3.2-1B-Instruct
 Llama 3.2 is gated: accept Meta's license on huggingface.co, download the folder (config.json,
-tokenizer.json, model.safetensors) and pass it with --model-dir.
+tokenizer.json, tokenizer_config.json, model.safetensors) and pass it with --model-dir.
 """
 
 import argparse
 import json
 import time
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -26,28 +28,38 @@ from plumbing import DATA_DIR, ScriptError, add_device_arg, get_device, positive
 from v_load_gpt2_weights import assign
 
 QWEN3_URL = "https://huggingface.co/Qwen/Qwen3-0.6B/resolve/main/"
-QWEN3_FILES = ("config.json", "tokenizer.json", "model.safetensors")
+QWEN3_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors")
 QWEN3_DIR = DATA_DIR / "qwen3" / "Qwen3-0.6B"
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
-# How each model family marks the turns of a conversation (the chat templates of the released
-# instruction-tuned models, without tools). {system} and {message} are filled in.
-CHAT_FORMATS = {
-    "qwen3": {
-        "system": "<|im_start|>system\n{system}<|im_end|>\n",
-        "user": "<|im_start|>user\n{message}<|im_end|>\n<|im_start|>assistant\n",
-        "no_thinking": "<think>\n\n</think>\n\n",  # an empty thought: the model answers at once
-        "end_of_turn": "<|im_end|>",
-    },
-    "llama": {
-        "begin": "<|begin_of_text|>",
-        "system": "<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>",
-        "user": ("<|start_header_id|>user<|end_header_id|>\n\n{message}<|eot_id|>"
-                 "<|start_header_id|>assistant<|end_header_id|>\n\n"),
-        "end_of_turn": "<|eot_id|>",
-    },
-}
+
+def qwen3_chat_prompt(message, system=None, thinking=False):
+    """Qwen3's chat format, as its chat template writes one turn without tools: an optional system
+    turn, the user's turn, the assistant's header and, unless thinking, an empty thought (the
+    template's enable_thinking=False), so that the model answers at once."""
+    prompt = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
+    prompt += f"<|im_start|>user\n{message}<|im_end|>\n<|im_start|>assistant\n"
+    return prompt if thinking else prompt + "<think>\n\n</think>\n\n"
+
+
+def llama_chat_prompt(message, system=None, thinking=False):
+    """Llama 3.1 and 3.2 Instruct's chat format, as their chat template writes one turn without
+    tools: a system block always comes first, even without a system message, with the knowledge
+    cut-off and today's date (strftime_now("%d %b %Y"), as transformers renders it); then the
+    user's turn and the assistant's header. Both messages are stripped. There is no thinking."""
+    today = datetime.now().strftime("%d %b %Y")
+    return ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+            f"Cutting Knowledge Date: December 2023\nToday Date: {today}\n\n{(system or '').strip()}"
+            f"<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n{message.strip()}<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+# Each family's hand-written chat format (for a folder without a chat template) and the token that
+# ends the model's turn.
+CHAT_FORMATS = {"qwen3": (qwen3_chat_prompt, "<|im_end|>"), "llama": (llama_chat_prompt, "<|eot_id|>")}
+# The named special tokens that transformers hands a chat template (bos_token is Llama's first).
+TEMPLATE_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
 # ---- config.json -> our config ----
@@ -105,7 +117,8 @@ def _take(params, name):
 def load_weights_into_llama(model, param_config, params):
     """Put Hugging Face's Llama tensors (the dict safetensors reads, names "model.layers.0....")
     into a Llama3Model built with param_config. Qwen3's q_norm/k_norm load where the model has them.
-    Without an "lm_head.weight", or when the config ties them, out_head shares tok_emb's weight."""
+    When the config ties them (tie_embeddings), out_head shares tok_emb's weight; otherwise the
+    params must hold "lm_head.weight", as they must hold every other tensor."""
     if len(model.trf_blocks) != param_config["n_layers"]:
         raise ValueError(f"the model has {len(model.trf_blocks)} blocks, the config "
                          f"{param_config['n_layers']}")
@@ -128,7 +141,7 @@ def load_weights_into_llama(model, param_config, params):
                              (block.ff.fc3, "down_proj")):
             ours.weight = load(ours.weight, f"{prefix}mlp.{theirs}.weight")
     model.final_norm.weight = load(model.final_norm.weight, "model.norm.weight")
-    if param_config.get("tie_embeddings") or "lm_head.weight" not in params:
+    if param_config.get("tie_embeddings"):
         model.out_head.weight = model.tok_emb.weight
     else:
         model.out_head.weight = load(model.out_head.weight, "lm_head.weight")
@@ -194,11 +207,54 @@ def download_qwen3(model_dir=QWEN3_DIR, base_url=QWEN3_URL):
     return model_dir
 
 
-# ---- the tokenizer ----
+# ---- the tokenizer and the chat template ----
+
+def read_chat_template(model_dir):
+    """(template, special tokens) of a model folder: its Jinja chat template, from chat_template.jinja
+    (where transformers 5 saves it) or tokenizer_config.json's "chat_template" (the published Llama
+    3.2 and Qwen3 folders), and the special tokens the template may write; (None, {}) without one."""
+    model_dir = Path(model_dir)
+    config_path, jinja_path = model_dir / "tokenizer_config.json", model_dir / "chat_template.jinja"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    template = jinja_path.read_text(encoding="utf-8") if jinja_path.is_file() else config.get("chat_template")
+    if isinstance(template, list):  # several named templates (e.g. "default" and "tool_use")
+        template = next((entry["template"] for entry in template if entry.get("name") == "default"), None)
+    tokens = {name: value["content"] if isinstance(value, dict) else value
+              for name, value in config.items() if name in TEMPLATE_TOKENS and value}
+    return template, tokens
+
+
+def render_chat_template(template, messages, special_tokens, thinking=False):
+    """A model's own chat template (Jinja) rendered for `messages` plus the assistant's header, as
+    transformers' apply_chat_template(add_generation_prompt=True) renders it: in a sandbox (the
+    template comes with downloaded files), with trim_blocks and lstrip_blocks, loop controls, and
+    its tojson, raise_exception and strftime_now. enable_thinking is Qwen3's switch."""
+    import jinja2
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.TemplateError(message)
+
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                extensions=[loopcontrols])
+    environment.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False,
+                                                                        indent=indent)
+    environment.globals.update(raise_exception=raise_exception,
+                               strftime_now=lambda format: datetime.now().strftime(format))
+    try:
+        return environment.from_string(template).render(
+            messages=messages, tools=None, documents=None, add_generation_prompt=True,
+            enable_thinking=thinking, **special_tokens)
+    except jinja2.TemplateError as error:
+        raise ScriptError(f"the model folder's chat template failed ({error}); pass --no-chat to "
+                          "continue the prompt as plain text") from error
+
 
 class ChatTokenizer:
     """A model's tokenizer.json, read with Hugging Face's `tokenizers`, and its chat format
-    ("qwen3", "llama", or None for plain text)."""
+    ("qwen3", "llama", or None for plain text): the chat template of the folder that holds
+    tokenizer.json where it has one, else the family's hand-written CHAT_FORMATS."""
 
     def __init__(self, tokenizer_path, chat_format=None):
         from tokenizers import Tokenizer
@@ -208,6 +264,8 @@ class ChatTokenizer:
                               "tokenizer.json")
         self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
         self.chat_format = chat_format
+        self.chat_template, self.special_tokens = (read_chat_template(Path(tokenizer_path).parent)
+                                                   if chat_format else (None, {}))
 
     def encode(self, text, add_special_tokens=False):
         """Ids of `text`; special tokens written in it (<|im_start|>) become their ids.
@@ -225,17 +283,14 @@ class ChatTokenizer:
 
     def chat_prompt(self, message, system=None, thinking=False):
         """The text the instruction-tuned model expects for one user message."""
-        form = CHAT_FORMATS[self.chat_format]
-        prompt = form.get("begin", "")
-        if system:
-            prompt += form["system"].format(system=system)
-        prompt += form["user"].format(message=message)
-        if not thinking and "no_thinking" in form:
-            prompt += form["no_thinking"]
-        return prompt
+        if self.chat_template is None:
+            return CHAT_FORMATS[self.chat_format][0](message, system, thinking)
+        messages = [{"role": "system", "content": system}] if system else []
+        return render_chat_template(self.chat_template, messages + [{"role": "user", "content": message}],
+                                    self.special_tokens, thinking)
 
     def end_of_turn_id(self):
-        return self.token_id(CHAT_FORMATS[self.chat_format]["end_of_turn"])
+        return self.token_id(CHAT_FORMATS[self.chat_format][1])
 
 
 # ---- the walk-through: load, then answer one prompt ----
@@ -296,6 +351,9 @@ def main(argv=None):
     else:
         ids = tokenizer.encode(tokenizer.chat_prompt(args.prompt, args.system, args.thinking))
         stop_ids.add(tokenizer.end_of_turn_id())
+    if not args.no_chat:
+        print("Chat format: " + ("the folder's chat template" if tokenizer.chat_template else
+                                 f"{hf['model_type']}'s, written here (the folder has no chat template)"))
     print(f"Prompt ({len(ids)} tokens):\n{tokenizer.decode(ids)}")
 
     torch.manual_seed(args.seed)
