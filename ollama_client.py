@@ -141,7 +141,7 @@ def query_model(prompt, model="llama3", url=OLLAMA_URL, timeout=JUDGE_TIMEOUT):
                           f"{ollama_setup_hint(model)}") from error
     except (http.client.RemoteDisconnected, http.client.IncompleteRead, ConnectionResetError) as error:
         raise ScriptError(f"the server at {url} dropped the connection before its answer was complete "
-                          f"({type(error).__name__}); is the Ollama server still running?") from error
+                          f"({type(error).__name__}); check that the Ollama server still runs") from error
     except _HTTPStatus as error:
         status, detail = error.args
         hint = f"; fetch the model with `ollama pull {model}`" if "not found" in detail else ""

@@ -87,7 +87,7 @@ def test_a_dropped_connection_is_not_reported_as_no_server(raw_server):  # noqa:
             query_model("score this", url=url, timeout=5)
         name = "RemoteDisconnected" if handler is hang_up else "IncompleteRead"
         assert str(error.value) == (f"the server at {url} dropped the connection before its answer was "
-                                    f"complete ({name}); is the Ollama server still running?")
+                                    f"complete ({name}); check that the Ollama server still runs")
     url = raw_server(hang_up).url
     assert ollama_problem(url) == f"the server at {url} closed the connection without answering"
 
@@ -115,6 +115,9 @@ def test_a_judge_that_fails_midway_says_how_to_score_later(tmp_path, raw_server)
     url = raw_server(hang_up).url + "/api/chat"
     with pytest.raises(ScriptError) as error:
         x.print_scores([ENTRY], "model_response", "llama3", url, timeout=5, responses_path=responses)
+    assert str(error.value).startswith(f"the server at {url} dropped the connection before its answer was "
+                                       "complete (RemoteDisconnected); check that the Ollama server still "
+                                       "runs. The responses stay in")  # one sentence ends, the next begins
     assert str(error.value).endswith(f"The responses stay in {responses}; score them later with: python "
                                      f"x_finetune_instructions.py --score-only {responses} --ollama-url "
                                      f"{url} --judge-timeout 5")
