@@ -130,17 +130,22 @@ def text_digest(*texts):
 def make_datasets(train_text, val_text, tokenizer, context_length, batch_size, token_folder=None):
     """Windows of context_length tokens (stride = context_length, as chapter 5), with clear errors
     when a split is too short for one training batch or one validation window. With token_folder,
-    the same windows over ids kept on disk there (own_text_tokens.py)."""
-    datasets = []
+    the same windows over ids kept on disk there (own_text_tokens.py), said in one line."""
+    datasets, arrays = [], []
     for name, text in (("training", train_text), ("validation", val_text)):
         try:
-            datasets.append(
-                GPTDatasetV1(text, tokenizer, max_length=context_length, stride=context_length)
-                if token_folder is None else
-                MemmapWindows(token_file(text, tokenizer, token_folder), context_length, context_length))
+            if token_folder is None:
+                dataset = GPTDatasetV1(text, tokenizer, max_length=context_length, stride=context_length)
+            else:
+                path, written = token_file(text, tokenizer, token_folder)
+                arrays.append(f"{name} {path.name} ({'written now' if written else 'reused'})")
+                dataset = MemmapWindows(path, context_length, context_length)
+            datasets.append(dataset)
         except ValueError as error:
             raise ScriptError(f"the {name} text is too short: {error}. Use a longer text, or a smaller "
                               f"--context-length (now {context_length})") from None
+    if arrays:
+        print(f"Token ids (--memmap) in {token_folder}: {', '.join(arrays)}")
     train_set, val_set = datasets
     if len(train_set) < batch_size:
         raise ScriptError(

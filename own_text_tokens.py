@@ -44,18 +44,20 @@ def chunks(text, size=CHUNK_CHARS):
 
 
 def token_file(text, tokenizer, folder):
-    """The path of `text`'s ids under `tokenizer` in `folder`, written first if it is not there."""
+    """(the path of `text`'s ids under `tokenizer` in `folder`, True when it was written now; False
+    when an earlier run's array was there)."""
     description = json.dumps(tokenizer_to_dict(tokenizer), sort_keys=True, ensure_ascii=False)
     digest = hashlib.sha256(text.encode("utf-8") + b"\0" + description.encode("utf-8")).hexdigest()
     dtype = token_dtype(tokenizer.n_vocab)
     path = folder / f"{digest[:32]}.{np.dtype(dtype).name}"
-    if not path.exists():
+    written = not path.exists()
+    if written:
         def write(temp_path):
             with open(temp_path, "wb") as file:
                 for piece in chunks(text):
                     np.asarray(tokenizer.encode(piece, allowed_special={ENDOFTEXT}), dtype=dtype).tofile(file)
         write_atomically(path, write)
-    return path
+    return path, written
 
 
 class MemmapWindows(Dataset):

@@ -109,7 +109,8 @@ OPTIONS = (
     Option("--epochs", positive_int, "settings.num_epochs", "passes over the training text"),
     Option("--max-steps", positive_int, "settings.max_steps", "stop after this many steps in total "
            "(the schedule then spans them)"),
-    Option("--batch-size", positive_int, "settings.batch_size", "windows per optimizer step"),
+    Option("--batch-size", positive_int, "settings.batch_size", "windows per batch (per process under "
+           "torchrun; a step takes --grad-accum batches)"),
     Option("--lr", float, "settings.peak_lr", "peak learning rate"),
     Option("--eval-freq", positive_int, "settings.eval_freq", "evaluate every this many steps"),
     Option("--eval-iter", positive_int, "settings.eval_iter", "batches of each split per evaluation"),
@@ -140,7 +141,7 @@ OPTIONS = (
     Option("--weights", ("tf", "safetensors"), "settings.weights", "with --init-from GPT-2: OpenAI's "
            "TensorFlow files (needs TensorFlow) or Hugging Face's safetensors"),
     Option("--models-dir", str, "settings.models_dir", "with --init-from GPT-2: where its folders are "
-           "(default data/gpt2)"),
+           "(default <data-dir>/gpt2: data/gpt2, or $LLM_DATA_DIR/gpt2)"),
     Option("--quick", "flag", "settings.quick", "a tiny model for 20 steps on the start of the text, to "
            "check that all runs"),
     Option("--checkpoint", str, None, f"checkpoint to write, or with --resume to continue "
@@ -222,6 +223,10 @@ def settings_from_args(args):
             raise ScriptError(f"--bpe-path loads a BPE tokenizer; it does not go with --tokenizer "
                               f"{args.tokenizer}")
         settings["tokenizer"] = "bpe"
+    if args.bpe_merges and (settings["tokenizer"] != "bpe" or args.bpe_path):
+        other = "a loaded --bpe-path has its own" if args.bpe_path else \
+            f"--tokenizer {settings['tokenizer']} learns none"
+        raise ScriptError(f"--bpe-merges sets the merges that --tokenizer bpe learns; {other}")
     return cfg, settings
 
 
@@ -246,12 +251,12 @@ def new_model_and_optimizer(cfg, settings, device, model=None):
     return model, optimizer
 
 
-def start_run(args, checkpoint_path, device, rank=0, world_size=1):
-    """A fresh run: text, tokenizer, model and optimizer, all from the seed."""
+def start_run(args, cfg, settings, checkpoint_path, device, rank=0, world_size=1):
+    """A fresh run of settings_from_args's (cfg, settings): text, tokenizer, model and optimizer, all
+    from the seed."""
     if checkpoint_path.exists() and not args.overwrite:
         raise ScriptError(f"{checkpoint_path} already exists: add --resume to continue that run, "
                           "--overwrite to start again over it, or --checkpoint to name a new one")
-    cfg, settings = settings_from_args(args)
     train_text, val_text, description = training_text(settings, args.data_dir, QUICK_MAX_CHARS)
     print(f"Text: {description}: {len(train_text):,} training and {len(val_text):,} validation characters")
     settings["text_sha256"] = text_digest(train_text, val_text)
@@ -259,8 +264,9 @@ def start_run(args, checkpoint_path, device, rank=0, world_size=1):
 
     model = None
     if settings["init_from"]:
-        model, cfg, tokenizer = starting_model(settings["init_from"], settings["weights"],
-                                               settings["models_dir"], args.context_length, args.drop_rate)
+        models_dir = settings["models_dir"] or (Path(args.data_dir) / "gpt2" if args.data_dir else None)
+        model, cfg, tokenizer = starting_model(settings["init_from"], settings["weights"], models_dir,
+                                               args.context_length, args.drop_rate)
         settings["tokenizer"] = tokenizer_to_dict(tokenizer)["kind"]
     else:
         tokenizer = build_tokenizer(settings["tokenizer"], train_text, settings["bpe_merges"],
@@ -377,9 +383,11 @@ def train(args, rank, world_size, device):
         ignored = ignored_on_resume(args)
         if ignored:
             print("note: --resume takes the run's settings from the checkpoint; ignoring", ", ".join(ignored))
+    else:
+        cfg, settings = settings_from_args(args)  # mistaken flags stop the run before it touches the disk
     with checkpoint_lock(checkpoint_path) if rank == 0 else contextlib.nullcontext():
         run = resume_run(checkpoint_path, device, args.data_dir, rank, world_size) if args.resume else \
-            start_run(args, checkpoint_path, device, rank, world_size)
+            start_run(args, cfg, settings, checkpoint_path, device, rank, world_size)
         print_summary(run)
         if run.state["global_step"] >= run.settings["total_steps"]:
             print("This run is already complete.")

@@ -1,6 +1,7 @@
 """Train your own small LLM: the char and BPE tokenizers (BPE against tiktoken), resumable training,
 damaged checkpoints, and the generation CLI, on tiny configs and texts the tests write."""
 
+import argparse
 import hashlib
 import io
 import json
@@ -17,7 +18,6 @@ import torch
 from filelock import FileLock
 
 import generate_text
-import gpt_download
 import own_bpe
 import own_text_data
 import own_text_tokens
@@ -25,7 +25,7 @@ import fast_pretraining
 import own_tokenizers
 import plumbing
 import train_own_text
-from conftest import hf_state_dict, openai_variables, run_script
+from conftest import hf_state_dict, openai_variables, run_script, write_openai_checkpoint
 from a_tokenizer import split_text
 from c_tokenizer import SimpleTokenizerV2, build_vocab_v2
 from checkpoints import model_from_checkpoint
@@ -230,7 +230,7 @@ def test_word_tokenizer_is_chapter_2s_with_a_frequency_cut():
     assert tokenizer_from_dict(tokenizer_to_dict(small)).words == small.words
 
 
-def test_vocab_size_sets_the_bpe_merges_and_the_word_list():
+def test_vocab_size_sets_the_bpe_merges_and_the_word_list(tmp_path):
     text = STORY * 3
     bpe = own_text_data.build_tokenizer("bpe", text, vocab_size=300)
     assert len(bpe.merges) == 43 and bpe.n_vocab == 300  # 256 bytes + 43 merges + <|endoftext|>
@@ -240,8 +240,25 @@ def test_vocab_size_sets_the_bpe_merges_and_the_word_list():
                                 ("gpt2", 50257, "has its own"), ("word", 2, "at least 3")):
         with pytest.raises(ScriptError, match=message):
             own_text_data.build_tokenizer(kind, text, vocab_size=size)
+    run = ["--checkpoint", str(tmp_path / "refused.pth")]
     with pytest.raises(ScriptError, match="--vocab-size or --bpe-merges, not both"):
-        train_own_text.main(["--tokenizer", "bpe", "--vocab-size", "300", "--bpe-merges", "40"])
+        train_own_text.main(["--tokenizer", "bpe", "--vocab-size", "300", "--bpe-merges", "40", *run])
+    save_tokenizer(BPETokenizer.train(text, 5), tmp_path / "bpe.json")
+    for tokenizer, other in ((["--tokenizer", "word"], "--tokenizer word learns none"),
+                             ([], "--tokenizer char learns none"),
+                             (["--tokenizer", "gpt2"], "--tokenizer gpt2 learns none"),
+                             (["--bpe-path", str(tmp_path / "bpe.json")], "a loaded --bpe-path has its own")):
+        with pytest.raises(ScriptError) as refused:
+            train_own_text.main([*tokenizer, "--bpe-merges", "20", *run])
+        assert str(refused.value) == f"--bpe-merges sets the merges that --tokenizer bpe learns; {other}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bpe.json"]  # refused before the lock file
+
+
+def test_batch_size_help_says_what_a_batch_is(capsys):
+    with pytest.raises(SystemExit):
+        train_own_text.main(["--help"])
+    assert "--batch-size BATCH_SIZE windows per batch (per process under torchrun; a step takes " \
+           "--grad-accum batches) (default 16; --quick 4)" in " ".join(capsys.readouterr().out.split())
 
 
 def test_d_ff_is_carried_in_the_config(story_file, tmp_path):
@@ -695,25 +712,48 @@ def test_init_from_a_model_that_is_no_language_model_is_one_line(story_file, tmp
         assert not (tmp_path / "runs").exists(), kind  # no lock file, no folder made for nothing
 
 
-def test_init_from_gpt2_files_placed_by_hand(story_file, tmp_path, monkeypatch, gpt2_tokenizer):
-    safetensors_numpy = pytest.importorskip("safetensors.numpy")
-    monkeypatch.setattr(gpt_download, "GPT2_PINNED", {})  # stand-ins, not OpenAI's published bytes
+@pytest.mark.parametrize("weights", ["safetensors", "tf"])
+def test_init_from_gpt2_files_placed_by_hand(story_file, tmp_path, monkeypatch, gpt2_tokenizer, weights):
     hparams = {"n_vocab": 50257, "n_ctx": 32, "n_embd": 8, "n_head": 2, "n_layer": 1}
     variables = openai_variables(hparams)
-    (tmp_path / "gpt2" / "124M").mkdir(parents=True)
-    safetensors_numpy.save_file(hf_state_dict(variables),
-                                str(tmp_path / "gpt2" / "124M" / "model.safetensors"))
-    (tmp_path / "gpt2" / "124M" / "config.json").write_text(json.dumps(
-        {"model_type": "gpt2", "vocab_size": 50257, "n_ctx": 32, "n_positions": 32, "n_embd": 8, "n_head": 2,
-         "n_layer": 1}), encoding="utf-8")
-    caught = starting_weights(monkeypatch, init_run_args(
-        story_file, tmp_path / "ft.pth", "--init-from", "gpt2-small (124M)", "--weights", "safetensors",
-        "--models-dir", str(tmp_path / "gpt2")))
-    assert torch.equal(caught["state"]["tok_emb.weight"], torch.from_numpy(variables["model/wte"]))
-    assert torch.equal(caught["state"]["pos_emb.weight"], torch.from_numpy(variables["model/wpe"][:16]))
-    assert torch.equal(caught["state"]["trf_blocks.0.ff.layers.2.bias"],
-                       torch.from_numpy(variables["model/h0/mlp/c_proj/b"]))
-    assert caught["cfg"]["context_length"] == 16 and caught["cfg"]["emb_dim"] == 8
+    folder = tmp_path / "data" / "gpt2" / "124M"  # under --data-dir, where --models-dir is by default
+    if weights == "tf":
+        write_openai_checkpoint(folder, hparams, variables)  # TensorFlow's format, as OpenAI published it
+    else:
+        safetensors_numpy = pytest.importorskip("safetensors.numpy")
+        folder.mkdir(parents=True)
+        safetensors_numpy.save_file(hf_state_dict(variables), str(folder / "model.safetensors"))
+        (folder / "config.json").write_text(json.dumps(
+            {"model_type": "gpt2", "vocab_size": 50257, "n_ctx": 32, "n_positions": 32, "n_embd": 8,
+             "n_head": 2, "n_layer": 1}), encoding="utf-8")
+    argv = init_run_args(story_file, tmp_path / "ft.pth", "--init-from", "gpt2-small (124M)", "--weights",
+                         weights, "--data-dir", str(tmp_path / "data"))
+    first_checked = folder / ("encoder.json" if weights == "tf" else "config.json")
+    with pytest.raises(ScriptError, match=f"{first_checked} is not the expected file"):
+        train_own_text.main(argv)  # random stand-ins are not OpenAI's published files ...
+    places = [[]] if weights == "tf" else [[], ["--models-dir", str(folder.parent), "--data-dir", "other"]]
+    for place in places:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("LLM_UNVERIFIED_DATA", "1")  # ... unless the reader says to use them as they are
+            caught = starting_weights(monkeypatch, [*argv, *place])
+        assert torch.equal(caught["state"]["tok_emb.weight"], torch.from_numpy(variables["model/wte"]))
+        assert torch.equal(caught["state"]["pos_emb.weight"], torch.from_numpy(variables["model/wpe"][:16]))
+        assert torch.equal(caught["state"]["trf_blocks.0.ff.layers.2.bias"],
+                           torch.from_numpy(variables["model/h0/mlp/c_proj/b"]))
+        assert caught["cfg"]["context_length"] == 16 and caught["cfg"]["emb_dim"] == 8
+
+
+def test_chapters_6_and_7_start_from_a_best_checkpoint_with_gpt2s_tokenizer(story_file, tmp_path):
+    from starting_point import load_starting_point
+
+    train_own_text.main(tiny_run_args(story_file, tmp_path / "g2.pth", "--tokenizer", "gpt2", "--batch-size",
+                                      "4", "--epochs", "1"))
+    best = torch.load(tmp_path / "g2-best.pth", weights_only=True)
+    model, cfg = load_starting_point(argparse.Namespace(init_from=tmp_path / "g2-best.pth"), "cpu")  # w, x, z
+    assert cfg == best["config"] and cfg["vocab_size"] == 50257 and best["tokenizer"] == {"kind": "gpt2"}
+    weights = model.state_dict()
+    assert weights.keys() == best["model_state_dict"].keys()
+    assert all(torch.equal(weights[name], value) for name, value in best["model_state_dict"].items())
 
 
 def test_fast_path_follows_the_book_path(story_file, tmp_path, capsys):
@@ -775,8 +815,9 @@ def test_token_chunks_encode_as_the_whole_text(own_gpt2, gpt2_tokenizer):
 
 
 def test_memmap_run_equals_the_in_memory_run_and_reuses_its_arrays(story_file, tmp_path, uninterrupted,
-                                                                   monkeypatch):
+                                                                   monkeypatch, capsys):
     path, data_dir = tmp_path / "mapped.pth", tmp_path / "data"
+    capsys.readouterr()
     train_own_text.main(tiny_run_args(story_file, path, "--memmap", "--data-dir", str(data_dir)))
     assert_same_run(final_run(path), uninterrupted)  # the same windows, so the same run
     arrays = sorted((data_dir / "tokens").iterdir())
@@ -785,10 +826,17 @@ def test_memmap_run_equals_the_in_memory_run_and_reuses_its_arrays(story_file, t
     tokenizer = tokenizer_from_dict(torch.load(path, weights_only=True)["tokenizer"])
     assert sorted(np.fromfile(p, dtype=np.uint16).tolist() for p in arrays) == sorted(
         [tokenizer.encode(train_text), tokenizer.encode(val_text)])
+    names = [own_text_tokens.token_file(text, tokenizer, data_dir / "tokens")
+             for text in (train_text, val_text)]
+    assert [written for _, written in names] == [False, False]  # there already: named, not written again
+    said = f"Token ids (--memmap) in {data_dir / 'tokens'}: training {names[0][0].name} (DONE), validation " \
+           f"{names[1][0].name} (DONE)\n"
+    assert said.replace("DONE", "written now") in capsys.readouterr().out
     stamps = [p.stat().st_mtime_ns for p in arrays]
     monkeypatch.setattr(own_text_tokens, "chunks", lambda *args: pytest.fail("tokenised again"))
     train_own_text.main(tiny_run_args(story_file, tmp_path / "again.pth", "--memmap", "--data-dir",
                                       str(data_dir), "--stop-after", "5"))
+    assert said.replace("DONE", "reused") in capsys.readouterr().out
     assert [p.stat().st_mtime_ns for p in sorted((data_dir / "tokens").iterdir())] == stamps
     train_own_text.main(["--resume", "--checkpoint", str(tmp_path / "again.pth"), "--data-dir",
                          str(data_dir)])
