@@ -24,7 +24,15 @@ import torch
 from gpt_to_llama import Llama3Model, generate_tokens
 from llama_to_qwen3 import Qwen3Model
 from downloads import DownloadError, download_files
-from plumbing import DATA_DIR, ScriptError, add_device_arg, get_device, positive_int, run_main
+from plumbing import (
+    DATA_DIR,
+    ScriptError,
+    add_device_arg,
+    check_temperature,
+    get_device,
+    positive_int,
+    run_main,
+)
 from v_load_gpt2_weights import assign
 
 QWEN3_URL = "https://huggingface.co/Qwen/Qwen3-0.6B/resolve/main/"
@@ -307,7 +315,7 @@ def parse_args(argv=None):
                         help="continue the prompt as plain text (base models) instead of the chat format")
     parser.add_argument("--thinking", action="store_true", help="Qwen3: let the model think first")
     parser.add_argument("--max-new-tokens", type=positive_int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0.0: greedy (default)")
+    parser.add_argument("--temperature", type=check_temperature, default=0.0, help="0.0: greedy (default)")
     parser.add_argument("--top-k", type=positive_int, default=None)
     parser.add_argument("--dtype", choices=list(DTYPES), default=None,
                         help="the weights' dtype in memory (default: the checkpoint's)")

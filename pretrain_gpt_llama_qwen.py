@@ -20,7 +20,16 @@ import torch
 from fast_pretraining import train_step
 from gpt_to_llama import LLAMA32_CONFIG_1B, Llama3Model, count
 from llama_to_qwen3 import Qwen3Model
-from plumbing import add_device_arg, get_device, output_path, positive_int, run_main, save_figure
+from plumbing import (
+    add_device_arg,
+    ensure_writable,
+    get_device,
+    output_path,
+    outputs_folder,
+    positive_int,
+    run_main,
+    save_figure,
+)
 from s_gpt_model import GPTModel
 from own_text_data import load_training_text
 from u_pretraining import SEED, TRAIN_SETTINGS, evaluate_model, make_loaders, verdict_text
@@ -137,6 +146,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    ensure_writable(outputs_folder(args.quick))  # the plot comes after minutes of training
     device = get_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -251,3 +251,15 @@ def test_pretraining_comparison_quick(tmp_path, gpt2_tokenizer):
     assert [row[0] for row in rows] == ["GPT-2", "Llama 3.2", "Qwen3"] * 2
     assert all(float(last) < float(first) for _, _, first, last in rows)  # 4 steps lower the loss
     assert (outputs_dir / "quick" / "pretrain-gpt-llama-qwen.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pretraining_comparison_checks_its_outputs_folder_before_training(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    outputs_dir = tmp_path / "file" / "outputs"
+    result = run_script("pretrain_gpt_llama_qwen.py", "--quick", "--device", "cpu",
+                        data_dir=tmp_path / "data", outputs_dir=outputs_dir, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[0] == (
+        f"error: cannot create the folder {outputs_dir / 'quick'} (Not a directory); choose another place, "
+        "e.g. with LLM_OUTPUTS_DIR=/path/to/folder")
+    assert "Device:" not in result.stdout

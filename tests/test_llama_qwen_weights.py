@@ -369,3 +369,16 @@ def test_script_chats_with_a_llama_folder(tmp_path, capsys):
     assert f"Prompt ({len(ids)} tokens):\n{expected}\n" in out
     assert ids.count(tokenizer.token_to_id("<|begin_of_text|>")) == 1
     assert re.search(r"^[1-5] tokens in \d+\.\d s \(\d+\.\d tokens/s, KV cache\)$", out, re.M)
+
+
+@pytest.mark.parametrize("temperature", ["nan", "inf", "-1", "abc"])
+def test_a_temperature_that_cannot_sample_is_refused_in_one_line(temperature, capsys):
+    """--temperature follows the series' one rule (plumbing.temperature_problem), before any file
+    is read."""
+    from llama_qwen_weights import parse_args
+
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["--temperature", temperature])
+    assert stop.value.code == 2
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert ": error: argument --temperature: " in last_line and temperature in last_line
