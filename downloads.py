@@ -9,20 +9,18 @@ This module imports no chapter.
 """
 
 import contextlib
-import glob
 import hashlib
 import http.client
 import json
 import os
 import secrets
-import signal
 import sys
-import threading
 import urllib.request
 import zipfile
 from pathlib import Path
 
-from plumbing import ScriptError
+from plumbing import (ScriptError, new_folders, remove_empty_folders, remove_stale_parts,
+                      removed_on_termination)
 
 
 class DownloadError(ScriptError):
@@ -38,6 +36,9 @@ def file_sha256(path):
 
 
 # ---- downloads ----
+
+STRUCTURED_SUFFIXES = (".json", ".zip")  # the kinds of file check_structure can find incomplete
+
 
 def check_structure(path, suffix=None):
     """Raise ValueError when a file of a structured kind (by `suffix`, default the path's) is
@@ -74,95 +75,64 @@ def _check_file(path, expected_sha256, expected_size, validate, suffix):
     return None
 
 
-def _process_alive(pid):
-    """Whether process `pid` runs (POSIX). Elsewhere False: there, an open file cannot be deleted."""
-    if os.name != "posix" or pid == os.getpid():  # our own pid: a run before us in this container
-        return False
-    try:
-        os.kill(pid, 0)  # signal 0 only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except OSError:  # it exists, but belongs to someone else
-        pass
-    return True
-
-
-def _remove_stale_parts(destination):
-    """Delete what earlier, killed downloads of `destination` left (<name>.<pid>.<random>.part),
-    except the temporary file of a download that is still running in another process."""
-    for part in destination.parent.glob(glob.escape(destination.name) + ".*.part"):
-        pid = part.name[len(destination.name) + 1:].split(".")[0]
-        if pid.isdigit() and _process_alive(int(pid)):
-            continue
-        with contextlib.suppress(OSError):  # e.g. still open elsewhere, on Windows
-            part.unlink()
-
-
-@contextlib.contextmanager
-def _removed_on_termination(path):
-    """While the block runs, SIGTERM and SIGHUP first delete `path`, then do what they did before
-    (end the process, or call the handler that was there). Ignored signals stay ignored."""
-    previous_handlers = {}
-
-    def handler(signum, frame):
-        Path(path).unlink(missing_ok=True)
-        signal.signal(signum, previous_handlers[signum])
-        signal.raise_signal(signum)
-
-    if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
-        for name in ("SIGTERM", "SIGHUP"):
-            signum = getattr(signal, name, None)  # Windows has no SIGHUP
-            previous = signal.getsignal(signum) if signum is not None else None
-            if previous is not None and previous != signal.SIG_IGN:
-                previous_handlers[signum] = previous
-                signal.signal(signum, handler)
-    try:
-        yield
-    finally:
-        for signum, previous in previous_handlers.items():
-            signal.signal(signum, previous)
+def _cannot_write(folder, error):
+    """A download folder that cannot be written is the reader's to fix, not a network failure."""
+    return ScriptError(f"cannot write to {folder} ({error.strerror or error}), where the download goes; "
+                       "make it writable (check its owner and permissions) or free some space, or put "
+                       "the data elsewhere with LLM_DATA_DIR=/path/to/folder")
 
 
 def _new_part_file(destination):
     """Create <destination>.<pid>.<random>.part with the permissions the umask gives new files
-    (tempfile.mkstemp's would be readable by their owner only)."""
-    while True:
-        temp_path = destination.with_name(f"{destination.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
-        try:
-            return temp_path, os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
-                                      getattr(os, "O_BINARY", 0), 0o666)
-        except FileExistsError:
-            continue
+    (tempfile.mkstemp's would be readable by their owner only), and its folder."""
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_parts(destination)
+        while True:
+            temp_path = destination.with_name(f"{destination.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+            with contextlib.suppress(FileExistsError):
+                return temp_path, os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
+                                          getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as error:
+        raise _cannot_write(destination.parent, error) from error
 
 
 def _transfer(url, file, name, timeout):
-    """Copy the body of `url` into the open `file` with a progress bar; return the bytes received."""
+    """Copy the body of `url` into the open `file` with a progress bar. Returns whether the server
+    said where the body ends (a Content-Length, or chunks): without that, a connection that drops
+    looks just like the end of the file."""
     from tqdm import tqdm
 
     request = urllib.request.Request(url, headers={"User-Agent": "llm-from-scratch-companion"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         total = int(response.headers.get("Content-Length") or 0) or None
+        delimited = total is not None or bool(getattr(response, "chunked", False))
         received = 0
         with tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=None) as progress:
             while block := response.read(1 << 16):
-                file.write(block)
+                try:
+                    file.write(block)
+                except OSError as error:  # a full disk: no other source would fare better
+                    raise _cannot_write(Path(file.name).parent, error) from error
                 received += len(block)
                 progress.update(len(block))
     if total is not None and received != total:
         raise DownloadError(f"the transfer stopped after {received} of {total} bytes")
-    return received
+    return delimited
 
 
 def _fetch(url, destination, expected_sha256, expected_size, validate, timeout):
     """Download one URL to a temporary file beside `destination`, check it, rename it into place.
     Any failure, and SIGTERM or SIGHUP, removes the temporary file: nothing half-written stays."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_parts(destination)
     temp_path, handle = _new_part_file(destination)
     try:
-        with _removed_on_termination(temp_path):
+        with removed_on_termination(temp_path):
             with os.fdopen(handle, "wb") as file:
-                _transfer(url, file, destination.name, timeout)
+                delimited = _transfer(url, file, destination.name, timeout)
+            if not (delimited or expected_sha256 or expected_size or validate or
+                    destination.suffix in STRUCTURED_SUFFIXES):
+                raise DownloadError("the server did not say how long the file is (no Content-Length), "
+                                    "and nothing else here can tell a complete file from one cut short")
             problem = _check_file(temp_path, expected_sha256, expected_size, validate, destination.suffix)
             if problem:
                 raise DownloadError(problem)
@@ -210,10 +180,15 @@ def download_files(downloads):
         url, destination = item.pop("url"), Path(item.pop("destination"))
         item["destination"] = destination
         if destination.exists():
-            _remove_stale_parts(destination)  # left by a killed download before the file came by hand
+            remove_stale_parts(destination)  # left by a killed download before the file came by hand
             _check_present(url, destination, item)
             continue
-        failures = _sources_failures(url, destination, item.get("backup_url"), item)
+        created, failures = new_folders(destination.parent), ["(stopped)"]
+        try:
+            failures = _sources_failures(url, destination, item.get("backup_url"), item)
+        finally:
+            if failures:  # a failed download leaves no empty data/<name>/ behind
+                remove_empty_folders(created)
         if failures:
             failed.append((destination, failures))
     if failed:

@@ -5,9 +5,13 @@ and the book-or-quick settings helper, and saving a figure. Downloads are in dow
 Every lettered script imports what it needs from here; this module imports no chapter.
 """
 
+import contextlib
+import glob
 import os
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 # Downloads go to data/, everything a run produces to outputs/, both next to this file (not the
@@ -69,18 +73,92 @@ def ensure_writable(folder):
     return folder
 
 
+# ---- temporary files that a killed or failed write leaves nothing of ----
+
+def _process_alive(pid):
+    """Whether process `pid` runs (POSIX). Elsewhere False: there, an open file cannot be deleted."""
+    if os.name != "posix" or pid == os.getpid():  # our own pid: a run before us in this container
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, but belongs to someone else
+        pass
+    return True
+
+
+def remove_stale_parts(destination):
+    """Delete the temporary files that earlier, killed writes or downloads of `destination` left
+    (<name>.<pid>[.<random>].part), except those of a process that is still running."""
+    destination = Path(destination)
+    for part in destination.parent.glob(glob.escape(destination.name) + ".*.part"):
+        pid = part.name[len(destination.name) + 1:].split(".")[0]
+        if pid.isdigit() and _process_alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):  # e.g. still open elsewhere, on Windows
+            part.unlink()
+
+
+@contextlib.contextmanager
+def removed_on_termination(path):
+    """While the block runs, SIGTERM and SIGHUP first delete `path`, then do what they did before
+    (end the process, or call the handler that was there). Ignored signals stay ignored."""
+    previous_handlers = {}
+
+    def handler(signum, frame):
+        Path(path).unlink(missing_ok=True)
+        signal.signal(signum, previous_handlers[signum])
+        signal.raise_signal(signum)
+
+    if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+        for name in ("SIGTERM", "SIGHUP"):
+            signum = getattr(signal, name, None)  # Windows has no SIGHUP
+            previous = signal.getsignal(signum) if signum is not None else None
+            if previous is not None and previous != signal.SIG_IGN:
+                previous_handlers[signum] = previous
+                signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, previous in previous_handlers.items():
+            signal.signal(signum, previous)
+
+
+def new_folders(folder):
+    """The folders that creating `folder` would create, innermost first (to remove them again
+    after a failure, with remove_empty_folders)."""
+    folder = Path(folder).absolute()
+    return [parent for parent in (folder, *folder.parents) if not parent.exists()]
+
+
+def remove_empty_folders(folders):
+    """Remove `folders` (innermost first), stopping at the first one that holds something."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return
+
+
 def write_atomically(path, write):
     """Call write(temporary_path), then rename the temporary file to `path`: a failed or interrupted
     write leaves the file that was at `path` as it was and nothing half-written beside it. A write
     error (full disk, read-only folder; torch.save reports a full disk as a RuntimeError from its
-    inline_container) becomes one ScriptError naming the path. Returns the path."""
+    inline_container) becomes one ScriptError naming the path. SIGTERM or SIGHUP during the write
+    removes the temporary file, and each write removes those that killed (SIGKILL) runs left.
+    Returns the path."""
     path = Path(path)
     _make_folder(path.parent)
+    remove_stale_parts(path)
     # A name with the process id, not tempfile.mkstemp's, whose files only their owner can read.
     temp_path = path.with_name(f"{path.name}.{os.getpid()}.part")
     try:
-        write(temp_path)
-        os.replace(temp_path, path)
+        with removed_on_termination(temp_path):
+            write(temp_path)
+            os.replace(temp_path, path)
     except (OSError, RuntimeError) as error:
         if isinstance(error, RuntimeError) and "inline_container" not in str(error):
             raise
@@ -151,13 +229,17 @@ def positive_int(text):
     return value
 
 
-MIN_TEMPERATURE = 1e-6  # below it logits / temperature can overflow, and sampling is greedy anyway
+# Sampling divides the logits (float32) by the temperature. float32 holds numbers up to 3.4e38, so at
+# 1e-30 logits of up to 3.4e8 in size (far more than any model here gives) stay finite; much below
+# it they overflow to inf, and softmax turns inf into nan. Any temperature this small already
+# picks the most likely token, as 0 does.
+MIN_TEMPERATURE = 1e-30
 
 
 def temperature_problem(value, shown=None):
     """Why `value` cannot be a sampling temperature, or None: 0 (greedy: always the most likely
-    token) or a finite value of at least MIN_TEMPERATURE; inf, nan, negative and vanishing values
-    are refused. `shown` is how the value was written, for the message."""
+    token) or a finite value of at least MIN_TEMPERATURE; inf, nan, negative values and values so
+    small that logits / temperature overflows are refused. `shown` is how the value was written."""
     import math
 
     if value == 0 or (math.isfinite(value) and value >= MIN_TEMPERATURE):

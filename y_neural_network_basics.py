@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from plumbing import ScriptError, ensure_writable, get_device, output_path, outputs_folder, run_main
+from plumbing import (ScriptError, ensure_writable, get_device, output_path, outputs_folder, run_main,
+                      write_atomically)
 
 NUM_EPOCHS = 3       # the book's training loop runs 3 epochs ...
 LEARNING_RATE = 0.5  # ... of plain SGD with this learning rate
@@ -273,7 +274,8 @@ def main_single(args):
     print(f"Training accuracy: {train_acc:.2f} | Test accuracy: {test_acc:.2f}")
 
     path = output_path("appendix-a-model.pth", args.quick)  # the book's model.pth, with a name of its own
-    torch.save(model.state_dict(), path)  # the weights only, not the Python class
+    # the weights only, not the Python class; written atomically: a full disk keeps the earlier file
+    write_atomically(path, lambda temp_path: torch.save(model.state_dict(), temp_path))
     restored = NeuralNetwork(2, 2)  # the architecture must be rebuilt before loading the weights
     restored.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
     restored.to(device)
@@ -351,7 +353,7 @@ def ddp_train(num_epochs=NUM_EPOCHS, device_name=None):
               flush=True)
         if rank == 0:  # one writer, or the ranks would race on the same file
             path = output_path("appendix-a-model-ddp.pth")
-            torch.save(model.state_dict(), path)
+            write_atomically(path, lambda temp_path: torch.save(model.state_dict(), temp_path))
             print(f"[rank 0] saved {path} ({world_size} processes, backend "
                   f"{torch.distributed.get_backend()})")
         return model, train_acc, test_acc

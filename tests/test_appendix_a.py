@@ -1,8 +1,12 @@
-"""Appendix A: autograd against the chain rule, the toy network's training as in the book, and a
-real two-process DistributedDataParallel run on the CPU with gloo."""
+"""Appendix A: autograd against the chain rule, the toy network's training as in the book, a
+real two-process DistributedDataParallel run on the CPU with gloo, and both saves on a full disk."""
 
+import argparse
+import contextlib
 import gc
 import math
+import os
+import signal
 
 import pytest
 import torch
@@ -181,3 +185,66 @@ def test_backpropagation_step_by_step_equals_autograd(y, x1, w1, b):
     assert steps["dL/dz"].item() == pytest.approx(a - y, rel=1e-5)
     assert steps["dL/dw1"].item() == pytest.approx(result["w1.grad"].item(), rel=1e-5)
     assert steps["dL/db"].item() == pytest.approx(result["b.grad"].item(), rel=1e-5)
+
+
+# ---- a full disk: one line, and the earlier model file intact ----
+
+@contextlib.contextmanager
+def full_disk(limit=1000):
+    """Files of this process cannot grow past `limit` bytes (RLIMIT_FSIZE stands in for a full disk;
+    with SIGXFSZ ignored the write fails with EFBIG)."""
+    import resource  # POSIX only
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def assert_full_disk_message(message, path):
+    assert message.startswith(f"could not write {path} (the write stopped early, as on a full disk: "
+                              "[enforce fail at inline_container")
+    assert message.endswith("; the earlier file there is unchanged. Free some disk space or make the folder "
+                            "writable (LLM_OUTPUTS_DIR moves outputs/), then run again")
+    assert "\n" not in message
+
+
+@pytest.mark.skipif(os.name != "posix", reason="RLIMIT_FSIZE stands in for a full disk")
+def test_a_full_disk_keeps_the_earlier_model_and_says_so_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(y_nn, "output_path", lambda name, quick=False: tmp_path / name)
+    monkeypatch.setattr(y_nn, "outputs_folder", lambda quick=False: tmp_path)
+    path = tmp_path / "appendix-a-model.pth"
+    path.write_bytes(b"the earlier model")
+    with full_disk(), pytest.raises(ScriptError) as error:
+        y_nn.main_single(argparse.Namespace(device="cpu", quick=True))
+    assert_full_disk_message(str(error.value), path)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name] and path.read_bytes() == b"the earlier model"
+
+
+def ddp_full_disk_worker(rank, world_size, results_dir):
+    """Rank 0 saves on a full disk; both ranks record how their run ended."""
+    path = y_nn.output_path("appendix-a-model-ddp.pth")
+    if rank == 0:
+        path.write_bytes(b"the earlier model")
+    outcome = "finished"
+    with full_disk() if rank == 0 else contextlib.nullcontext():
+        try:
+            y_nn.ddp_train(num_epochs=1, device_name="cpu")
+        except ScriptError as error:
+            outcome = str(error)
+    torch.save({"outcome": outcome, "path": str(path)}, f"{results_dir}/rank{rank}.pt")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="RLIMIT_FSIZE stands in for a full disk")
+def test_ddp_rank_0_on_a_full_disk_keeps_the_earlier_model(tmp_path):
+    outputs_dir = tmp_path / "outputs"
+    run_ranks(ddp_full_disk_worker, str(tmp_path), env={"LLM_OUTPUTS_DIR": str(outputs_dir)})
+    rank0, rank1 = (torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1))
+    assert_full_disk_message(rank0["outcome"], outputs_dir / "appendix-a-model-ddp.pth")
+    assert rank1["outcome"] == "finished"
+    assert [p.name for p in outputs_dir.iterdir()] == ["appendix-a-model-ddp.pth"]
+    assert (outputs_dir / "appendix-a-model-ddp.pth").read_bytes() == b"the earlier model"

@@ -3,6 +3,7 @@
 import argparse
 
 import pytest
+import torch
 
 import plumbing
 from plumbing import add_device_arg, add_quick_and_epochs_args, book_or_quick, positive_int
@@ -53,3 +54,20 @@ def test_save_figure_writes_a_png_and_closes_the_figure(tmp_path):
     path = plumbing.save_figure(fig, tmp_path / "line.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
     assert not plt.fignum_exists(fig.number)
+
+
+def test_tiny_temperatures_are_taken_as_long_as_sampling_can_compute_with_them():
+    logits = torch.tensor([120.0, -80.0, 119.0, 3.0])  # a trained GPT-2's logits are this large
+    for text in ("1e-7", "1e-12", f"{plumbing.MIN_TEMPERATURE:g}"):
+        temperature = plumbing.check_temperature(text)
+        assert temperature == float(text)
+        probs = torch.softmax(logits / temperature, dim=-1)  # what generate computes
+        assert torch.equal(probs, torch.tensor([1.0, 0.0, 0.0, 0.0]))  # finite: the most likely token
+    for tiny in (1e-37, 1e-40):  # below MIN_TEMPERATURE the same logits overflow and softmax gives nan
+        assert torch.isnan(torch.softmax(logits / tiny, dim=-1)).all()
+        assert plumbing.temperature_problem(tiny) == (
+            f"{tiny} is not a temperature that can be computed with: give 0 (always the most likely token) "
+            "or a finite number of at least 1e-30, such as 0.8")
+    for text in ("inf", "nan", "-0.5", "warm"):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"^{text} is not a temperature"):
+            plumbing.check_temperature(text)

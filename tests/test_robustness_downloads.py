@@ -140,6 +140,71 @@ def test_json_and_zip_cut_short_are_refused_by_their_structure(tmp_path, raw_ser
     assert download_file(f"{complete.url}/{name}", tmp_path / name).read_bytes() == body
 
 
+def chunked(body):
+    """An HTTP/1.1 answer in chunks: its last, empty chunk says where the body ends."""
+    def handler(connection, stop):
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in (body[:1000], body[1000:]))
+        connection.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" +
+                           chunks + b"0\r\n\r\n")
+    return handler
+
+
+def test_wikitext2_train_cut_short_without_a_length_is_refused(tmp_path, raw_server, monkeypatch):
+    import own_text_data
+
+    valid = b" = Valkyria Chronicles = \n" * 100
+    monkeypatch.setitem(own_text_data.WIKITEXT2_SHA256, "valid.txt", sha256(valid))
+    (tmp_path / "wikitext-2").mkdir()
+    (tmp_path / "wikitext-2" / "valid.txt").write_bytes(valid)
+    server = raw_server(cut_short(BODY, 30_000))  # no Content-Length, and the connection ends early
+    monkeypatch.setattr(own_text_data, "WIKITEXT2_URL", server.url + "/{}")
+    with pytest.raises(DownloadError) as error:
+        own_text_data.load_training_text("wikitext2", 0.9, data_dir=tmp_path)
+    assert str(error.value).startswith(
+        f"could not download train.txt:\n  {server.url}/train.txt: the server did not say how long the file "
+        "is (no Content-Length), and nothing else here can tell a complete file from one cut short\n"
+        f"If this machine is offline, download the file elsewhere and put it at {tmp_path / 'wikitext-2'}")
+    assert sorted(p.name for p in (tmp_path / "wikitext-2").iterdir()) == ["valid.txt"]  # no 30 kB train.txt
+
+
+def test_a_file_with_a_known_end_needs_no_pin(tmp_path, raw_server, local_server):
+    for url in (raw_server(chunked(BODY)).url + "/train.txt",  # chunks end with an empty one
+                local_server.add("/train.txt", BODY)):         # a Content-Length
+        path = download_file(url, tmp_path / "train.txt")
+        assert path.read_bytes() == BODY
+        path.unlink()
+    cut = raw_server(cut_short(BODY, len(BODY)))  # complete, but nothing can tell: refused too
+    with pytest.raises(DownloadError, match="no Content-Length"):
+        download_file(cut.url + "/train.txt", tmp_path / "train.txt")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_data_folder_without_write_permission_is_named(tmp_path, local_server):
+    url = local_server.add("/input.txt", BODY)
+    folder = tmp_path / "data"
+    folder.mkdir(mode=0o555)
+    for destination in (folder / "input.txt", folder / "tinyshakespeare" / "input.txt"):
+        with pytest.raises(ScriptError) as error:
+            download_file(url, destination)
+        assert str(error.value) == (
+            f"cannot write to {destination.parent} (Permission denied), where the download goes; make it "
+            "writable (check its owner and permissions) or free some space, or put the data elsewhere with "
+            "LLM_DATA_DIR=/path/to/folder")
+    assert local_server.requests == []  # refused before any transfer
+
+
+def test_a_data_folder_under_a_regular_file_is_named(tmp_path, local_server):
+    url = local_server.add("/input.txt", BODY)
+    (tmp_path / "data").write_text("not a folder")
+    with pytest.raises(ScriptError) as error:
+        download_file(url, tmp_path / "data" / "tinyshakespeare" / "input.txt")
+    assert str(error.value).startswith(f"cannot write to {tmp_path / 'data' / 'tinyshakespeare'} (Not a "
+                                       "directory), where the download goes; make it writable")
+    assert "offline" not in str(error.value) and local_server.requests == []
+    assert (tmp_path / "data").read_text() == "not a folder"
+
+
 def safetensors_bytes(arrays):
     header, offset, data = {}, 0, b""
     for key, array in arrays.items():
@@ -317,7 +382,18 @@ def test_wikitext2_offline_names_both_files(tmp_path, local_server, monkeypatch)
     for name in ("train.txt", "valid.txt"):
         assert f"{local_server.base_url}/wikitext-2/{name}: Not Found" in message
         assert str(tmp_path / "wikitext-2" / name) in message
-    assert list((tmp_path / "wikitext-2").iterdir()) == []  # nothing half-written
+    assert list(tmp_path.iterdir()) == []  # nothing half-written, and no empty folder the download made
+
+
+def test_a_failed_download_removes_the_folders_it_made(tmp_path, local_server):
+    data_dir = tmp_path / "data"
+    with pytest.raises(DownloadError):  # nothing is served: as offline
+        download_file(local_server.base_url + "/input.txt", data_dir / "tinyshakespeare" / "input.txt")
+    assert list(tmp_path.iterdir()) == []  # neither data/tinyshakespeare/ nor data/
+    (data_dir / "tinyshakespeare").mkdir(parents=True)  # folders that were there stay
+    with pytest.raises(DownloadError):
+        download_file(local_server.base_url + "/input.txt", data_dir / "tinyshakespeare" / "input.txt")
+    assert (data_dir / "tinyshakespeare").is_dir() and list((data_dir / "tinyshakespeare").iterdir()) == []
 
 
 # ---- reading a text file ----
@@ -382,4 +458,4 @@ def test_gpt2_124m_safetensors_come_from_a_fixed_revision_with_pinned_bytes(tmp_
     assert message.startswith("could not download config.json, model.safetensors:\n")
     assert f"{local_server.base_url}{base}/config.json: it has 18 bytes, expected 665" in message
     assert "model.safetensors: it has 114 bytes, expected 548105171" in message
-    assert list((tmp_path / "124M").iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # 124M/, made for the download, went with it

@@ -1,12 +1,14 @@
-"""What a run writes: names of its own per script, --quick under outputs/quick/, an outputs folder
-checked before any training, the model saved before plots and samples, write errors (full disk)
-as one line with the earlier file intact; and the clear errors of checkpoints: weights that do not
-fit their config, --init-from a model that does not read GPT-2's token ids, and the MPS note."""
+"""What a run writes: names of its own per script, --quick under outputs/quick/, an outputs folder checked
+before any training, the model saved before plots and samples, write errors (full disk) as one line with
+the earlier file intact, no temporary file left by a killed write; and the clear errors of checkpoints:
+weights that do not fit their config, --init-from a model that does not read GPT-2's token ids, and the
+MPS note."""
 
 import argparse
 import ast
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -172,6 +174,57 @@ def test_write_errors_are_one_line_and_keep_the_earlier_files(tmp_path):
     assert cfg == TINY_CFG and torch.equal(model.tok_emb.weight, earlier.tok_emb.weight)
     assert (tmp_path / "plot.png").read_bytes() == b"\x89PNG earlier"
     assert (tmp_path / "responses.json").read_text() == "[]"
+
+
+# ---- temporary files of killed writes ----
+
+def dead_pid():
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_write_removes_the_parts_that_killed_writes_left(tmp_path):
+    path = tmp_path / "model.pth"
+    killed = tmp_path / f"model.pth.{dead_pid()}.part"        # a run killed by SIGKILL during its save
+    running = tmp_path / f"model.pth.{os.getppid()}.part"       # a save still going on in another process
+    other = tmp_path / f"other.pth.{dead_pid()}.part"          # another file's
+    for part in (killed, running, other):
+        part.write_bytes(b"half a model")
+    plumbing.write_atomically(path, lambda temp: temp.write_bytes(b"the model"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, running.name, other.name])
+    assert path.read_bytes() == b"the model"
+
+
+SLOW_WRITE = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from plumbing import write_atomically
+
+def write(temp):
+    temp.write_bytes(b"half a model")
+    print("writing", flush=True)
+    time.sleep(30)
+
+write_atomically(sys.argv[2], write)
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)])
+def test_sigterm_or_sighup_during_a_write_removes_the_part(tmp_path, signum):
+    path = tmp_path / "model.pth"
+    path.write_bytes(b"the earlier model")
+    process = subprocess.Popen([sys.executable, "-c", SLOW_WRITE, str(REPO_DIR), str(path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline() == "writing\n", process.communicate()
+        process.send_signal(signum)
+        process.wait(timeout=20)
+    finally:
+        process.kill()
+    assert process.returncode == -signum  # the signal still ends the process
+    assert list(tmp_path.iterdir()) == [path] and path.read_bytes() == b"the earlier model"
 
 
 # ---- checkpoints that do not fit ----
