@@ -150,8 +150,9 @@ OPTIONS = (
     Option("--checkpoint-dir", str, None, "folder of --checkpoint when that is a bare name or not given "
            "(default outputs/, outputs/quick/ with --quick, or $LLM_OUTPUTS_DIR); a --checkpoint with a "
            "folder part (./x.pth, runs/x.pth) is used as given"),
-    Option("--data-dir", str, None, "where 'shakespeare' and 'wikitext2' are downloaded to and read from "
-           "(default data/, or $LLM_DATA_DIR)"),
+    Option("--data-dir", str, None, "where 'shakespeare' and 'wikitext2' are downloaded to and read from, "
+           "and where --memmap's tokens/ and the default --models-dir (gpt2/) are (default data/, or "
+           "$LLM_DATA_DIR)"),
     Option("--prompt", str, None, "text that the sample at the end of the run continues (default: the "
            "start context)"),
     Option("--sample-tokens", positive_int, None, f"length of that sample in tokens (default "

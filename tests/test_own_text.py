@@ -973,7 +973,7 @@ def test_generate_is_seeded_and_reads_gpt2_checkpoints(tmp_path, capsys, gpt2_to
 
 
 def test_temperature_must_be_zero_or_finite_and_positive(tmp_path, capsys):
-    assert [check_temperature(text) for text in ("0", "0.8", "1e-6", "2")] == [0.0, 0.8, 1e-6, 2.0]
+    assert [check_temperature(text) for text in ("0", "0.8", "1e-30", "2")] == [0.0, 0.8, 1e-30, 2.0]
     torch.manual_seed(0)
     cfg = {"vocab_size": 50257, "context_length": 16, "emb_dim": 8, "n_heads": 2, "n_layers": 1,
            "drop_rate": 0.0, "qkv_bias": False}
@@ -985,8 +985,8 @@ def test_temperature_must_be_zero_or_finite_and_positive(tmp_path, capsys):
         assert captured.out == ""  # refused before anything is generated
         assert captured.err.splitlines()[-1].endswith(
             f": error: argument --temperature: {text} is not a temperature that can be "
-            "computed with: give 0 (always the most likely token) or a finite number of at least 1e-06, "
-            "such as 0.8")
+            "computed with: give 0 (always the most likely token) or a finite number of at least "
+            f"{plumbing.MIN_TEMPERATURE:g}, such as 0.8")
     outs = []
     for seed in ("1", "2"):  # 0 is greedy: the seed changes nothing
         generate_text.main(["Hi", "--checkpoint", str(path), "--temperature", "0", "--max-new-tokens", "4",
