@@ -67,6 +67,7 @@ def download_and_load_gpt2(model_size, models_dir=None, source="tf"):
     for name in sorted(files, key=lambda name: name == TF_DATA_FILE):
         size, sha256 = GPT2_PINNED.get(f"{model_size}/{name}", GPT2_PINNED.get(name, (None, None)))
         check = {TF_INDEX_FILE: tf_index_data_size, "model.safetensors": check_safetensors_size,
+                 "checkpoint": check_tf_checkpoint_state,
                  TF_DATA_FILE: lambda path: check_tf_data_file(path, model_dir / TF_INDEX_FILE)}.get(name)
         downloads.append(dict(url=f"{url}/{name}", destination=model_dir / name, expected_size=size,
                               expected_sha256=sha256, validate=check,
@@ -83,9 +84,9 @@ def download_and_load_gpt2(model_size, models_dir=None, source="tf"):
     _check_keys(settings, ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer"), model_dir / "hparams.json")
     tf = _import_tensorflow()
     ckpt_path = tf.train.latest_checkpoint(str(model_dir))  # "checkpoint" names the model.ckpt files
-    if ckpt_path is None:
-        raise ScriptError(f"{model_dir / 'checkpoint'} does not name a readable checkpoint; "
-                          f"delete {model_dir} and download it again")
+    if ckpt_path is None:  # it names files that are not there
+        raise ScriptError(f"{model_dir / 'checkpoint'} does not name a readable checkpoint; delete it (or "
+                          f"all of {model_dir}) and download it again")
     return settings, load_gpt2_params_from_tf_ckpt(ckpt_path, settings)
 
 
@@ -105,6 +106,16 @@ def check_safetensors_size(path):
             raise ValueError(f"its header is not a safetensors header ({error})") from None
     if 8 + header_size + end != size:
         raise ValueError(f"its header describes {8 + header_size + end} bytes, but the file has {size}")
+
+
+def check_tf_checkpoint_state(path):
+    """OpenAI's "checkpoint" file is TensorFlow's checkpoint state in text form: it must name the
+    model.ckpt files (model_checkpoint_path: "model.ckpt"), or TensorFlow cannot find them."""
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    if not any(line.startswith('model_checkpoint_path: "') and line.rstrip().endswith('"')
+               for line in text.splitlines()):
+        raise ValueError('it names no model_checkpoint_path ("model.ckpt"), as TensorFlow\'s checkpoint '
+                         "state must")
 
 
 # ---- the structure of a TensorFlow checkpoint index, to catch a truncated data file ----

@@ -288,6 +288,23 @@ def test_half_a_tf_data_file_placed_by_hand_names_the_file(openai_release, tmp_p
     assert "Delete it and run again to download it afresh" in message
 
 
+@pytest.mark.parametrize("content", ["", 'model_checkpoint_path: "model.ck'])  # empty, or cut short
+def test_a_damaged_tf_checkpoint_state_file_is_named(openai_release, tmp_path, monkeypatch, content):
+    monkeypatch.setattr(gpt_download, "GPT2_PINNED", {})
+    model_dir = tmp_path / "124M"
+    model_dir.mkdir()
+    for name in gpt_download.GPT2_FILES:
+        (model_dir / name).write_bytes((openai_release / name).read_bytes())
+    (model_dir / "checkpoint").write_text(content)
+    with pytest.raises(DownloadError) as error:
+        gpt_download.download_and_load_gpt2("124M", tmp_path)
+    assert str(error.value).splitlines()[0] == (
+        f"{model_dir / 'checkpoint'} is not the expected file: it is incomplete or damaged (it names no "
+        'model_checkpoint_path ("model.ckpt"), as TensorFlow\'s checkpoint state must). Delete it and run '
+        f"again to download it afresh, or put the right file there ({gpt_download.GPT2_URL}/124M/checkpoint)")
+    assert (model_dir / "checkpoint").read_text() == content  # the reader's file is left for them to delete
+
+
 def test_tf_reader_error_names_the_damaged_files(openai_release, tmp_path):
     # Past the size check (e.g. bytes flipped inside): TensorFlow's own IndexError becomes one line.
     pytest.importorskip("tensorflow")
