@@ -155,10 +155,10 @@ def _sources_failures(url, destination, backup_url, options):
     return failures
 
 
-def _check_present(url, destination, options):
+def _check_present(url, destination, options, made_from=None):
     """A file already there (downloaded before or put there by hand) must be the expected one too.
     LLM_UNVERIFIED_DATA=1 accepts one that differs from the published file (your own text, a
-    smaller data set), with a note that names it."""
+    smaller data set), with a note that names it. `made_from`: the archive it came out of, if any."""
     sha256, size, validate = (options.get(key) for key in ("expected_sha256", "expected_size", "validate"))
     problem = _check_file(destination, sha256, size, validate, destination.suffix)
     if problem and (sha256 or size) and os.environ.get("LLM_UNVERIFIED_DATA"):
@@ -166,8 +166,18 @@ def _check_present(url, destination, options):
               "LLM_UNVERIFIED_DATA is set", file=sys.stderr)
         problem = _check_file(destination, None, None, validate, destination.suffix)
     if problem:
-        raise DownloadError(f"{destination} is not the expected file: {problem}. Delete it and run again "
-                            f"to download it afresh, or put the right file there ({url})")
+        also = f" and {made_from}" if made_from and Path(made_from).exists() else ""
+        raise DownloadError(f"{destination} is not the expected file: {problem}. Delete it{also} and run "
+                            f"again to download it afresh, or put the right file there ({url})")
+
+
+def verify_file(path, url, expected_sha256=None, expected_size=None, made_from=None):
+    """Check a file that did not come through download_file (put there by hand, or extracted from
+    the archive `made_from`) as download_file checks one it finds: against the published size and
+    SHA-256, unless LLM_UNVERIFIED_DATA is set. Raises DownloadError naming it; returns the path."""
+    path = Path(path)
+    _check_present(url, path, dict(expected_sha256=expected_sha256, expected_size=expected_size), made_from)
+    return path
 
 
 def download_files(downloads):

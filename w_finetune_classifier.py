@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from checkpoints import load_checkpoint, load_weights, save_checkpoint
 from d_tokenizer import get_gpt2_tokenizer
-from downloads import download_file, extract_zip_safely
+from downloads import download_file, extract_zip_safely, verify_file
 from plumbing import (DATA_DIR, ScriptError, add_device_arg, add_quick_and_epochs_args, book_or_quick,
                       ensure_writable, get_device, output_path, outputs_folder, run_main, save_figure)
 from s_gpt_model import GPTModel, generate_text_simple
@@ -29,15 +29,14 @@ from starting_point import add_starting_point_args, load_starting_point
 from t_pretraining_basics import text_to_token_ids, token_ids_to_text
 from v_load_gpt2_weights import QUICK_CONFIG
 
-# The UCI SMS Spam Collection; the book's mirror is the backup when UCI is unreachable.
+# The UCI SMS Spam Collection (the book's mirror is the backup); the size and SHA-256 of its data file.
 URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
 BACKUP_URL = "https://f001.backblazeb2.com/file/LLMs-from-scratch/sms%2Bspam%2Bcollection.zip"
+SMS_SIZE, SMS_SHA256 = 477_907, "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d"
 ZIP_PATH = DATA_DIR / "sms_spam_collection.zip"
 EXTRACTED_PATH = DATA_DIR / "sms_spam_collection"
 DATA_FILE_PATH = EXTRACTED_PATH / "SMSSpamCollection.tsv"
-TRAIN_CSV = DATA_DIR / "train.csv"
-VALIDATION_CSV = DATA_DIR / "validation.csv"
-TEST_CSV = DATA_DIR / "test.csv"
+TRAIN_CSV, VALIDATION_CSV, TEST_CSV = (DATA_DIR / f"{split}.csv" for split in ("train", "validation", "test"))
 
 # The book's settings.
 MAX_LENGTH = None  # None pads every text to the longest training text (120 tokens); a number truncates
@@ -120,6 +119,7 @@ def prepare_spam_splits():
     """Section 6.2 end to end: download, read, balance, label ham 0 / spam 1, split 70/10/20 and save
     the splits as CSV files. Returns (full df, balanced df, (train, validation, test))."""
     download_and_unzip_spam_data(URL, ZIP_PATH, EXTRACTED_PATH, DATA_FILE_PATH, backup_url=BACKUP_URL)
+    verify_file(DATA_FILE_PATH, URL, expected_sha256=SMS_SHA256, expected_size=SMS_SIZE, made_from=ZIP_PATH)
     df = read_sms_spam(DATA_FILE_PATH)
     if set(df["Label"]) != {"ham", "spam"}:
         raise ScriptError(f"{DATA_FILE_PATH} should label every message ham or spam, but has the labels "

@@ -24,6 +24,7 @@ from conftest import REPO_DIR, openai_variables, write_openai_checkpoint
 from downloads import DownloadError, download_file, download_files, extract_zip_safely
 from plumbing import ScriptError
 
+SHARED_DATA = REPO_DIR.parent / "shared" / "data"  # copies of the published files (PROVENANCE.md)
 BODY = b"The quick brown fox jumps over the lazy dog.\n" * 2000  # ~90 kB
 
 
@@ -360,7 +361,7 @@ def test_hand_placed_gpt2_tokenizer_files_are_checked_against_their_pins(openai_
 
 
 def test_the_pins_are_those_of_the_published_files():
-    shared = REPO_DIR.parent / "shared" / "data"
+    shared = SHARED_DATA
     if not shared.is_dir():
         pytest.skip("the shared copies of the published files are not at hand")
     import x_finetune_instructions as x
@@ -453,6 +454,62 @@ def test_a_zip_with_a_symlink_member_says_to_delete_the_zip(tmp_path):
                                 "refusing to extract it. Delete the zip and download it again from a source "
                                 "you trust")
     assert not target.exists() or list(target.iterdir()) == []
+
+
+def spam_paths(monkeypatch, tmp_path, url="http://127.0.0.1:9/sms.zip"):
+    """w's data paths (and its zip's URL) moved under tmp_path/data; returns the .tsv path."""
+    data = tmp_path / "data"
+    paths = {"URL": url, "ZIP_PATH": data / "sms_spam_collection.zip",
+             "EXTRACTED_PATH": data / "sms_spam_collection",
+             "DATA_FILE_PATH": data / "sms_spam_collection" / "SMSSpamCollection.tsv",
+             "TRAIN_CSV": data / "train.csv", "VALIDATION_CSV": data / "validation.csv",
+             "TEST_CSV": data / "test.csv"}
+    for name, value in paths.items():
+        monkeypatch.setattr(w, name, value)
+    return paths["DATA_FILE_PATH"]
+
+
+SMS_STAND_IN = "ham\tsee you soon\nspam\tWIN cash now\n" * 10
+
+
+def test_a_hand_placed_sms_tsv_is_checked_against_its_pin(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("LLM_UNVERIFIED_DATA", raising=False)
+    tsv = spam_paths(monkeypatch, tmp_path)
+    tsv.parent.mkdir(parents=True)
+    tsv.write_text(SMS_STAND_IN)
+    with pytest.raises(DownloadError) as error:
+        w.prepare_spam_splits()
+    assert str(error.value) == (f"{tsv} is not the expected file: it has {len(SMS_STAND_IN)} bytes, expected "
+                                f"477907. Delete it and run again to download it afresh, or put the right "
+                                f"file there (http://127.0.0.1:9/sms.zip)")
+    assert tsv.read_text() == SMS_STAND_IN and not (tmp_path / "data" / "train.csv").exists()
+    monkeypatch.setenv("LLM_UNVERIFIED_DATA", "1")  # the reader's own stand-in, taken with a note
+    _, balanced, _ = w.prepare_spam_splits()
+    assert len(balanced) == 20 and "LLM_UNVERIFIED_DATA is set" in capsys.readouterr().err
+
+
+def test_an_sms_file_unzipped_from_a_wrong_zip_says_to_delete_the_zip_too(tmp_path, local_server,
+                                                                         monkeypatch):
+    monkeypatch.delenv("LLM_UNVERIFIED_DATA", raising=False)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("SMSSpamCollection", SMS_STAND_IN)
+    tsv = spam_paths(monkeypatch, tmp_path, local_server.add("/sms.zip", buffer.getvalue()))
+    with pytest.raises(DownloadError) as error:
+        w.prepare_spam_splits()
+    assert str(error.value).startswith(f"{tsv} is not the expected file: it has {len(SMS_STAND_IN)} bytes, "
+                                       f"expected 477907. Delete it and {w.ZIP_PATH} and run again")
+
+
+def test_the_published_sms_file_passes_its_pin(tmp_path, monkeypatch):
+    if not SHARED_DATA.is_dir():
+        pytest.skip("the shared copies of the published files are not at hand")
+    monkeypatch.delenv("LLM_UNVERIFIED_DATA", raising=False)
+    tsv = spam_paths(monkeypatch, tmp_path)
+    tsv.parent.mkdir(parents=True)
+    tsv.write_bytes((SHARED_DATA / "sms_spam_collection" / "SMSSpamCollection").read_bytes())
+    df, balanced, _ = w.prepare_spam_splits()
+    assert df["Label"].value_counts().to_dict() == {"ham": 4825, "spam": 747} and len(balanced) == 1494
 
 
 def test_extract_zip_safely_still_extracts_plain_members(tmp_path):

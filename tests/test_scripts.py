@@ -409,7 +409,8 @@ def w_to_z(tmp_path_factory):
     no_ollama_url = f"http://127.0.0.1:{free_port()}/api/chat"  # nothing listens there
     y_dirs = {"data_dir": folder / "data", "outputs_dir": folder / "y"}
     batch = run_batch(folder, {
-        "w": script_job("w_finetune_classifier.py", "--quick", data_dir=sms, outputs_dir=folder / "w"),
+        "w": script_job("w_finetune_classifier.py", "--quick", data_dir=sms, outputs_dir=folder / "w",
+                        env=STAND_IN),
         "w offline": script_job("w_finetune_classifier.py", "--quick", data_dir=folder / "no-data",
                                 outputs_dir=folder / "w-offline", env=offline_env()),
         "x": script_job("x_finetune_instructions.py", "--quick", "--device", "cpu", "--ollama-url",
@@ -419,7 +420,8 @@ def w_to_z(tmp_path_factory):
                                      outputs_dir=folder / "x-score-only"),
         "y": script_job("y_neural_network_basics.py", "--device", "cpu", **y_dirs),
         "y --quick": script_job("y_neural_network_basics.py", "--quick", "--device", "cpu", **y_dirs),
-        "z": script_job("z_lora.py", "--quick", "--device", "cpu", data_dir=sms, outputs_dir=folder / "z"),
+        "z": script_job("z_lora.py", "--quick", "--device", "cpu", data_dir=sms, outputs_dir=folder / "z",
+                        env=STAND_IN),
     })
     batch.server, batch.ollama_url, batch.no_ollama_url = server, ollama_url, no_ollama_url
     batch.responses = responses_path
