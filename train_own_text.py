@@ -232,7 +232,9 @@ def settings_from_args(args):
 
 
 def ignored_on_resume(args):
-    return [option.flag for option in RUN_OPTIONS if getattr(args, dest(option)) is not None]
+    # --quick still picks the folder of a bare --checkpoint name (outputs/quick/): not ignored.
+    return [option.flag for option in RUN_OPTIONS
+            if getattr(args, dest(option)) is not None and option.flag != "--quick"]
 
 
 # ---- starting and resuming ----

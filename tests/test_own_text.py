@@ -589,7 +589,7 @@ def test_every_run_ends_with_a_sample(story_file, tmp_path, monkeypatch, capsys,
     assert len(tokenizer.decode(expected[0].tolist())) == len("The keeper") + 7
 
 
-def test_a_bare_checkpoint_name_goes_into_the_checkpoint_folder(story_file, tmp_path, monkeypatch):
+def test_a_bare_checkpoint_name_goes_into_the_checkpoint_folder(story_file, tmp_path, monkeypatch, capsys):
     outputs, here, runs = tmp_path / "outputs", tmp_path / "here", tmp_path / "runs"
     here.mkdir()
     monkeypatch.setattr(plumbing, "OUTPUTS_DIR", outputs)
@@ -610,6 +610,12 @@ def test_a_bare_checkpoint_name_goes_into_the_checkpoint_folder(story_file, tmp_
         train_own_text.main(tiny_run_args(story_file, "bare.pth"))
     state = train_own_text.main(["--resume", "--checkpoint", "bare.pth"])  # found where it was written
     assert state["global_step"] == 1
+    train_own_text.main(tiny_run_args(story_file, "bare.pth", "--quick", "--max-steps", "1"))
+    capsys.readouterr()
+    state = train_own_text.main(["--resume", "--quick", "--checkpoint", "bare.pth", "--max-steps", "3"])
+    out = capsys.readouterr().out
+    assert f"Resuming {outputs / 'quick' / 'bare.pth'} at step 1 of 1" in out and state["global_step"] == 1
+    assert "note: --resume takes the run's settings from the checkpoint; ignoring --max-steps\n" in out
 
 
 def test_data_dir_and_checkpoint_dir(tmp_path, monkeypatch, capsys):
