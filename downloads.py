@@ -160,7 +160,11 @@ def _check_present(url, destination, options, made_from=None):
     LLM_UNVERIFIED_DATA=1 accepts one that differs from the published file (your own text, a
     smaller data set), with a note that names it. `made_from`: the archive it came out of, if any."""
     sha256, size, validate = (options.get(key) for key in ("expected_sha256", "expected_size", "validate"))
-    problem = _check_file(destination, sha256, size, validate, destination.suffix)
+    try:
+        problem = _check_file(destination, sha256, size, validate, destination.suffix)
+    except OSError as error:  # no permission to read it, or a folder where the file belongs
+        raise ScriptError(f"cannot read {destination} ({error.strerror or error}); make it readable, or "
+                          f"delete it and run again to download it afresh ({url})") from error
     if problem and (sha256 or size) and os.environ.get("LLM_UNVERIFIED_DATA"):
         print(f"note: {destination} is not the published file ({problem}); using it as it is because "
               "LLM_UNVERIFIED_DATA is set", file=sys.stderr)

@@ -195,6 +195,16 @@ def test_a_data_folder_without_write_permission_is_named(tmp_path, local_server)
     assert local_server.requests == []  # refused before any transfer
 
 
+def test_a_present_file_that_cannot_be_read_is_named(tmp_path, local_server):
+    url = local_server.add("/input.txt", BODY)
+    (tmp_path / "input.txt").mkdir()  # stands in for a file without read permission (root reads all)
+    with pytest.raises(ScriptError) as error:
+        download_file(url, tmp_path / "input.txt", expected_sha256=sha256(BODY))
+    assert str(error.value) == (f"cannot read {tmp_path / 'input.txt'} (Is a directory); make it readable, "
+                                f"or delete it and run again to download it afresh ({url})")
+    assert local_server.requests == []
+
+
 def test_a_data_folder_under_a_regular_file_is_named(tmp_path, local_server):
     url = local_server.add("/input.txt", BODY)
     (tmp_path / "data").write_text("not a folder")
