@@ -326,7 +326,7 @@ def test_a_word_tokenizer_model_streams_its_words_with_their_spaces(tmp_path):
 @pytest.mark.parametrize("settings, message", [
     ({"temperature": -1}, "temperature must be 0 (greedy"),
     ({"temperature": 11}, "temperature must be 0 (greedy"),
-    ({"temperature": 1e-40}, "or from 1e-06 to 10, got 1e-40"),  # logits / 1e-40 would overflow
+    ({"temperature": 1e-40}, "or from 1e-30 to 10, got 1e-40"),  # logits / 1e-40 would overflow
     ({"temperature": "warm"}, "temperature must be a number, got 'warm'"),
     ({"top_k": -3}, "top-k must be 0"),
     ({"top_k": 2.5}, "top k must be a whole number"),
