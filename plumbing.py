@@ -1,6 +1,7 @@
 """The series' shared plumbing (not a chapter): where files live, errors that print one line,
-atomic writes, reading a text file, the device choice and its one --device flag, the shared flags
-and the book-or-quick settings helper, and saving a figure. Downloads are in downloads.py.
+atomic writes and the removal of the temporary files that killed writes and downloads leave, reading
+a text file, the device choice and its one --device flag, the shared flags and the book-or-quick
+settings helper, the temperature rule, and saving a figure. Downloads are in downloads.py.
 
 Every lettered script imports what it needs from here; this module imports no chapter.
 """
