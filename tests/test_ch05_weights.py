@@ -252,7 +252,7 @@ def test_download_failure_says_where_to_put_the_files(local_server, monkeypatch,
         download_and_load_gpt2("124M", tmp_path)
     assert "/primary/124M/checkpoint" in str(error.value) and "/backup/124M/checkpoint" in str(error.value)
     assert str(tmp_path / "124M" / "checkpoint") in str(error.value)
-    assert list((tmp_path / "124M").iterdir()) == []  # nothing half-written
+    assert list(tmp_path.iterdir()) == []  # nothing half-written, not even the 124M/ folder it made
 
     args = starting_point_args("--models-dir", str(tmp_path))
     with pytest.raises(ScriptError) as error:
