@@ -221,9 +221,10 @@ def download_file(url, destination, backup_url=None, expected_sha256=None, expec
 
     The file, downloaded or found, must have `expected_size` bytes and the SHA-256 `expected_sha256`
     where they are given; else it must pass `validate(path)` (default check_structure), which
-    raises ValueError for an incomplete file. Tries `backup_url` when the primary fails. Raises
-    DownloadError naming the URLs and the path where the file can be put by hand (the way to run
-    offline)."""
+    raises ValueError for an incomplete file. A file that nothing of these can check must come from
+    a server that says where it ends (a Content-Length, or chunks). Tries `backup_url` when the
+    primary fails. Raises DownloadError naming the URLs and the path where the file can be put by
+    hand (the way to run offline)."""
     return download_files([dict(url=url, destination=destination, backup_url=backup_url,
                                 expected_sha256=expected_sha256, expected_size=expected_size,
                                 timeout=timeout, validate=validate)])[0]
