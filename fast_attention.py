@@ -183,9 +183,32 @@ def attend_with_cache(att, x, kv_cache):
     return att(x, kv_cache)
 
 
+def block_with_cache(block, x, kv_cache):
+    """TransformerBlock.forward (section 4.5) for new tokens `x` that continue the tokens in the
+    block's `kv_cache`: the same pre-LayerNorm sublayers, dropouts and shortcuts."""
+    x = x + block.drop_shortcut(attend_with_cache(block.att, block.norm1(x), kv_cache))
+    return x + block.drop_shortcut(block.ff(block.norm2(x)))
+
+
+def gpt_with_cache(model, in_idx, kv_cache):
+    """GPTModel.forward (section 4.6) for token ids `in_idx` that continue the tokens already in
+    `kv_cache` (new_kv_cache's, one KVCache a block): their positions start after the cached ones,
+    and they also attend to them. Returns the logits of the new tokens."""
+    start, num_new = kv_cache[0].length, in_idx.shape[1]
+    context_length = model.pos_emb.num_embeddings
+    if start + num_new > context_length:
+        raise ValueError(f"the cache holds {start} tokens and the input {num_new} more, but the model's "
+                         f"context_length is {context_length}")
+    positions = torch.arange(start, start + num_new, device=in_idx.device)
+    x = model.drop_emb(model.tok_emb(in_idx) + model.pos_emb(positions))
+    for block, layer_cache in zip(model.trf_blocks, kv_cache):
+        x = block_with_cache(block, x, layer_cache)
+    return model.out_head(model.final_norm(x))
+
+
 def new_kv_cache(model, batch_size, max_len=None):
     """One pre-allocated KVCache per transformer block for up to max_len positions (default: the
-    model's context length), to pass as GPTModel's kv_cache."""
+    model's context length), for gpt_with_cache."""
     max_len = max_len or model.pos_emb.num_embeddings
     weight = model.out_head.weight
     caches = []
@@ -235,6 +258,6 @@ class CachedNextTokenLogits:
         else:
             new_tokens = idx[:, self.seen:]
         with torch.no_grad():
-            logits = self.model(new_tokens, kv_cache=self.kv_cache)
+            logits = gpt_with_cache(self.model, new_tokens, self.kv_cache)
         self.seen = idx.shape[1]
         return logits[:, -1, :]

@@ -10,7 +10,7 @@ Run: python r_transformer_block.py
 import torch
 import torch.nn as nn
 
-from fast_attention import FastMultiHeadAttention, attend_with_cache, layer_classes
+from fast_attention import FastMultiHeadAttention, layer_classes
 from m_efficient_multi_head_attention import MultiHeadAttention
 from n_dummy_gpt_model import GPT_CONFIG_124M
 from plumbing import run_main
@@ -44,11 +44,10 @@ class TransformerBlock(nn.Module):
         self.norm2 = layer_norm_class(cfg["emb_dim"])
         self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
 
-    def forward(self, x, kv_cache=None):
+    def forward(self, x):
         shortcut = x
         x = self.norm1(x)  # pre-LayerNorm: normalise before the sublayer, as GPT-2 does
-        # kv_cache (beyond the book, fast_attention.py): x continues the tokens cached so far
-        x = self.att(x) if kv_cache is None else attend_with_cache(self.att, x, kv_cache)
+        x = self.att(x)
         x = self.drop_shortcut(x)
         x = x + shortcut
 

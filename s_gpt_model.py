@@ -48,24 +48,17 @@ class GPTModel(nn.Module):
         self.final_norm = layer_classes(cfg)[0](cfg["emb_dim"])  # LayerNorm, as in every block
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
 
-    def forward(self, in_idx, kv_cache=None):
-        """kv_cache (beyond the book, see fast_attention.new_kv_cache): in_idx continues the tokens
-        already in the cache, so its positions start after them and its tokens also attend to them."""
+    def forward(self, in_idx):
         batch_size, seq_len = in_idx.shape
         context_length = self.pos_emb.num_embeddings
-        start = 0 if kv_cache is None else kv_cache[0].length
-        if start + seq_len > context_length:
-            raise ValueError(f"the input has {start + seq_len} tokens but the model's context_length is "
+        if seq_len > context_length:  # else an IndexError deep inside the position embedding
+            raise ValueError(f"the input has {seq_len} tokens but the model's context_length is "
                              f"{context_length}; crop it, e.g. idx[:, -{context_length}:]")
         tok_embeds = self.tok_emb(in_idx)
-        pos_embeds = self.pos_emb(torch.arange(start, start + seq_len, device=in_idx.device))
+        pos_embeds = self.pos_emb(torch.arange(seq_len, device=in_idx.device))
         x = tok_embeds + pos_embeds  # (batch_size, seq_len, emb_dim)
         x = self.drop_emb(x)
-        if kv_cache is None:
-            x = self.trf_blocks(x)
-        else:
-            for block, layer_cache in zip(self.trf_blocks, kv_cache):
-                x = block(x, layer_cache)
+        x = self.trf_blocks(x)
         x = self.final_norm(x)
         return self.out_head(x)  # logits: (batch_size, seq_len, vocab_size)
 

@@ -15,6 +15,7 @@ from fast_attention import (
     FastLayerNorm,
     FastMultiHeadAttention,
     KVCache,
+    gpt_with_cache,
     lay_out_weights_for_decoding,
     new_kv_cache,
 )
@@ -195,13 +196,14 @@ def test_feeding_tokens_in_chunks_through_the_cache_gives_the_full_forward_logit
     keys_storage = kv_cache[0].keys.data_ptr()
     with torch.no_grad():
         full = model(idx)
-        chunks = [model(idx[:, start:end], kv_cache=kv_cache)
+        chunks = [gpt_with_cache(model, idx[:, start:end], kv_cache)
                   for start, end in ((0, 4), (4, 5), (5, 9), (9, 11))]
     assert torch.allclose(torch.cat(chunks, dim=1), full, atol=1e-5)
     assert [layer.length for layer in kv_cache] == [11, 11]
     assert kv_cache[0].keys.data_ptr() == keys_storage  # written in place, never reallocated
-    with pytest.raises(ValueError, match="the input has 13 tokens but the model's context_length is 12"):
-        model(idx[:, :2], kv_cache=kv_cache)
+    with pytest.raises(ValueError, match="the cache holds 11 tokens and the input 2 more, but the "
+                                         "model's context_length is 12"):
+        gpt_with_cache(model, idx[:, :2], kv_cache)
 
 
 def test_weights_laid_out_for_decoding_keep_their_values_ids_and_checkpoints():
