@@ -222,8 +222,16 @@ def json_line(event):
 
 
 def create_app(playground):
+    """The Flask app: the page, and the JSON routes it calls."""
     app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
+    add_error_messages(app)
+    add_model_routes(app, playground)
+    add_generation_route(app, playground)
+    add_look_inside_routes(app, playground)
+    return app
 
+
+def add_error_messages(app):
     @app.errorhandler(Exception)
     def error_message(error):
         if isinstance(error, (ScriptError, ValueError)):  # a reader's mistake, said in a sentence
@@ -234,13 +242,17 @@ def create_app(playground):
         return jsonify(error=f"the server hit an unexpected error ({type(error).__name__}: {error}); "
                              "it keeps running"), 500
 
-    def body():
-        data = request.get_json(silent=True)
-        if not isinstance(data, dict):
-            raise PageError('the request must be a JSON object such as {"prompt": "Every effort"}, sent '
-                            "with Content-Type: application/json")
-        return data
 
+def body():
+    """The request's JSON object, or a PageError that says what a request must be."""
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise PageError('the request must be a JSON object such as {"prompt": "Every effort"}, sent '
+                        "with Content-Type: application/json")
+    return data
+
+
+def add_model_routes(app, playground):
     @app.get("/")
     def index():
         return app.send_static_file("index.html")
@@ -265,6 +277,8 @@ def create_app(playground):
                        tokenizer=tokenizer_kind(loaded.tokenizer), vocab_size=loaded.tokenizer.n_vocab,
                        context_length=loaded.cfg["context_length"])
 
+
+def add_generation_route(app, playground):
     @app.post("/api/generate")
     def generate_route():
         data = body()
@@ -285,6 +299,8 @@ def create_app(playground):
         events = generation_events(loaded, ids, settings)
         return ndjson(itertools.chain([start], events), playground.lock.release)
 
+
+def add_look_inside_routes(app, playground):
     @app.post("/api/attention")
     def attention():
         data = body()
@@ -309,8 +325,6 @@ def create_app(playground):
             if not text.strip():
                 raise PageError("type a message to classify")
             return jsonify(classify_text(loaded, text))
-
-    return app
 
 
 def classify_text(loaded, text):

@@ -67,6 +67,9 @@ def run_series(args):
 def main():
     if sys.version_info < (3, 10):
         sys.exit("The series needs Python 3.10 or newer.")
+    if len(sys.argv) == 2 and sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+        return
     if len(sys.argv) < 2 or sys.argv[1] not in ("series", "test", "lint"):
         sys.exit(__doc__)
     command, args = sys.argv[1], sys.argv[2:]

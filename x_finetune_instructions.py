@@ -16,9 +16,7 @@ import argparse
 import json
 import re
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from functools import partial
 from pathlib import Path
 

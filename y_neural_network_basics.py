@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from plumbing import (ScriptError, ensure_writable, get_device, output_path, outputs_folder, run_main,
-                      write_atomically)
+from plumbing import (ScriptError, add_device_arg, ensure_writable, get_device, output_path, outputs_folder,
+                      run_main, write_atomically)
 
 NUM_EPOCHS = 3       # the book's training loop runs 3 epochs ...
 LEARNING_RATE = 0.5  # ... of plain SGD with this learning rate
@@ -363,7 +363,7 @@ def ddp_train(num_epochs=NUM_EPOCHS, device_name=None):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
+    add_device_arg(parser)
     parser.add_argument("--quick", action="store_true",
                         help="skip the tensor, autograd and printout sections; train and save only "
                              "(the whole run takes seconds either way)")

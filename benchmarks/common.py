@@ -14,7 +14,7 @@ REPO_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_DIR))  # the lettered scripts are imported as modules
 
 from fast_pretraining import fast_autocast_dtype  # noqa: E402  (needs the path above)
-from plumbing import get_device  # noqa: E402
+from plumbing import add_device_arg, get_device  # noqa: E402
 
 
 def synchronize(device):
@@ -110,7 +110,7 @@ def copy_bandwidth(device, megabytes=512):
 
 
 def add_common_args(parser):
-    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
+    add_device_arg(parser)
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice, usually one per core)")
 

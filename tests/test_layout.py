@@ -4,6 +4,8 @@ readable in one sitting, and run.py runs the walk-throughs in the book's order."
 import ast
 import importlib.util
 import re
+import subprocess
+import sys
 
 from conftest import REPO_DIR
 
@@ -46,6 +48,19 @@ def test_root_files_stay_readable_in_one_sitting():
     assert long_files == {}
 
 
+def test_functions_stay_short_except_the_walk_throughs():
+    """About 80 lines at most; a chapter walk-through's main follows the book's order instead."""
+    long_functions = []
+    for name, path in ROOT_MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                walk_through = node.name == "main" and (name in LETTERED or name == "appendix_d")
+                if length > 80 and not walk_through:
+                    long_functions.append(f"{name}.{node.name}: {length} lines")
+    assert long_functions == []
+
+
 def test_run_py_runs_appendix_d_right_after_chapter_5():
     spec = importlib.util.spec_from_file_location("run", REPO_DIR / "run.py")
     run = importlib.util.module_from_spec(spec)
@@ -53,3 +68,10 @@ def test_run_py_runs_appendix_d_right_after_chapter_5():
     assert run.SERIES[0] == "a_tokenizer.py" and run.SERIES[-1] == "z_lora.py"
     assert run.SERIES.index("appendix_d.py") == run.SERIES.index("u_pretraining.py") + 1
     assert sorted(set(run.SERIES) - {"appendix_d.py"}) == sorted(f"{name}.py" for name in LETTERED)
+
+
+def test_run_py_help_shows_its_commands_and_succeeds():
+    result = subprocess.run([sys.executable, str(REPO_DIR / "run.py"), "--help"], capture_output=True,
+                            text=True)
+    assert result.returncode == 0
+    assert all(command in result.stdout for command in ("series", "test", "lint"))
