@@ -5,7 +5,6 @@ one is writing.
 """
 
 import contextlib
-import glob
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from d_tokenizer import get_gpt2_tokenizer
 from own_tokenizers import tokenizer_from_dict, tokenizer_to_dict
 from s_gpt_model import GPTModel
 from v_load_gpt2_weights import gpt2_model_name, load_gpt2
-from plumbing import ScriptError, ensure_writable
+from plumbing import ScriptError, ensure_writable, new_folders, remove_empty_folders, remove_stale_parts
 
 
 @dataclass
@@ -156,7 +155,7 @@ def checkpoint_lock(path):
     folders = new_folders(path.parent)
     ensure_writable(path.parent)
     lock_path = path.with_name(path.name + ".lock")
-    created = ([] if lock_path.exists() else [lock_path]) + folders
+    lock_is_new = not lock_path.exists()
     lock = FileLock(lock_path)
     try:
         lock.acquire(timeout=0)
@@ -167,30 +166,21 @@ def checkpoint_lock(path):
         raise ScriptError(f"cannot create the lock file {lock.lock_file} ({error.strerror or error}); "
                           "give --checkpoint a path in a folder you can write to") from error
     try:
-        # A run killed while writing leaves its temporary file behind; nobody else writes here now.
-        for stale in path.parent.glob(glob.escape(path.name) + ".*.part"):
-            stale.unlink(missing_ok=True)
+        # A run killed while writing leaves its temporary file behind. The lock keeps other runs of
+        # this script off, but not another script saving to the same path, nor a process that took a
+        # dead run's pid: plumbing's rule, which spares the file of a process that runs, is the safe one.
+        remove_stale_parts(path)
         yield
     except BaseException:
-        remove_created(created)  # while the lock is held, so no other run is using the path
+        # While the lock is held, so no other run is using the path. A folder that holds other files
+        # (a best checkpoint, a tokenizer) stays.
+        if lock_is_new:
+            with contextlib.suppress(OSError):
+                lock_path.unlink(missing_ok=True)
+        remove_empty_folders(folders)
         raise
     finally:
         lock.release()
-
-
-def new_folders(folder):
-    """The folders that creating `folder` would create, innermost first."""
-    folder = Path(folder).absolute()
-    return [parent for parent in (folder, *folder.parents) if not parent.exists()]
-
-
-def remove_created(paths):
-    """Remove the lock file and the folders a run made, as long as nothing else was put there."""
-    for path in paths:
-        try:
-            path.rmdir() if path.is_dir() else path.unlink(missing_ok=True)
-        except OSError:
-            return  # a folder that holds other files (a best checkpoint, a tokenizer) stays
 
 
 def plot_path(checkpoint_path):

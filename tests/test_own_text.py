@@ -479,7 +479,7 @@ def test_damaged_checkpoints_give_clear_errors(story_file, tmp_path):
         train_own_text.main(tiny_run_args(story_file, path))
 
 
-def test_a_second_run_on_the_same_checkpoint_stops_at_once(story_file, tmp_path):
+def test_a_second_run_on_the_same_checkpoint_stops_at_once(story_file, tmp_path, monkeypatch):
     path = tmp_path / "shared.pth"
     other_runs_temp = tmp_path / "shared.pth.4242.part"  # what a first run is writing right now
     other_runs_temp.write_bytes(b"half of a checkpoint")
@@ -498,8 +498,24 @@ def test_a_second_run_on_the_same_checkpoint_stops_at_once(story_file, tmp_path)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.pth.4242.part", "shared.pth.lock",
                                                               "story.txt"]
     # With the lock free, a run owns the path, and the file of the run that died is stale: removed.
+    real_process_alive = plumbing._process_alive  # pid 4242 is the first run's, which has died
+    monkeypatch.setattr(plumbing, "_process_alive", lambda pid: pid != 4242 and real_process_alive(pid))
     train_own_text.main(tiny_run_args(story_file, path, "--epochs", "1"))
     assert not other_runs_temp.exists() and final_run(path)[0]["global_step"] == 4
+
+
+@pytest.mark.skipif(os.name != "posix", reason="elsewhere no process can be asked whether it runs")
+def test_a_run_keeps_the_temporary_file_of_a_process_that_still_runs(story_file, tmp_path):
+    # Not a run of this script (the lock would stop that) but another writer of the same path, or a
+    # process that took a dead run's pid: its file is not this run's to delete.
+    path = tmp_path / "kept.pth"
+    running = tmp_path / f"kept.pth.{os.getppid()}.part"  # the process that started the tests runs
+    dead = tmp_path / "kept.pth.killed.part"
+    running.write_bytes(b"being written")
+    dead.write_bytes(b"left by a killed run")
+    train_own_text.main(tiny_run_args(story_file, path, "--epochs", "1"))
+    assert running.read_bytes() == b"being written" and not dead.exists()
+    assert final_run(path)[0]["global_step"] == 4
 
 
 def test_an_unwritable_checkpoint_folder_stops_before_training(story_file, tmp_path, monkeypatch):
