@@ -1,9 +1,9 @@
 """The series' one download helper (not a chapter): every file a script fetches comes through
 download_file. Downloads are atomic (a temporary name, renamed when complete and checked), verified
-(a pinned size and SHA-256, or the file's structure), leave nothing half-written behind (also
-after SIGTERM or SIGHUP, and stale partial files of a killed run are removed), and fail with a
-message naming the URL and the path to put the file by hand when the machine is offline. Also:
-safe zip extraction.
+(a pinned size and SHA-256, a published count, or the file's structure), leave nothing
+half-written behind (also after SIGTERM or SIGHUP, and stale partial files of a killed run are
+removed), and fail with a message naming the URL and the path to put the file by hand when the
+machine is offline. Also: safe zip extraction.
 
 This module imports no chapter.
 """
@@ -25,6 +25,12 @@ from plumbing import (ScriptError, new_folders, remove_empty_folders, remove_sta
 
 class DownloadError(ScriptError):
     pass
+
+
+class NotPublished(ValueError):
+    """What a `validate` function raises for a file that is whole but not the published one (a count
+    that differs from the published count). Like a size or checksum that differs, LLM_UNVERIFIED_DATA
+    accepts it in a file that is already there; a download that differs is refused."""
 
 
 def file_sha256(path):
@@ -60,8 +66,9 @@ def check_structure(path, suffix=None):
             raise ValueError(f"not a complete zip archive: {error}") from None
 
 
-def _check_file(path, expected_sha256, expected_size, validate, suffix):
-    """The first way in which the file at `path` (named ...`suffix`) is not the expected one, or None."""
+def _check_file(path, expected_sha256, expected_size, validate, suffix, published=True):
+    """The first way in which the file at `path` (named ...`suffix`) is not the expected one, or None.
+    published=False passes a file that validate finds NotPublished (LLM_UNVERIFIED_DATA)."""
     size = path.stat().st_size
     if expected_size is not None and size != expected_size:
         return f"it has {size} bytes, expected {expected_size}"
@@ -70,6 +77,8 @@ def _check_file(path, expected_sha256, expected_size, validate, suffix):
             "its SHA-256 checksum does not match the published one"
     try:
         validate(path) if validate else check_structure(path, suffix)
+    except NotPublished as error:
+        return str(error) if published else None
     except ValueError as error:
         return f"it is incomplete or damaged ({error})"
     return None
@@ -165,10 +174,12 @@ def _check_present(url, destination, options, made_from=None):
     except OSError as error:  # no permission to read it, or a folder where the file belongs
         raise ScriptError(f"cannot read {destination} ({error.strerror or error}); make it readable, or "
                           f"delete it and run again to download it afresh ({url})") from error
-    if problem and (sha256 or size) and os.environ.get("LLM_UNVERIFIED_DATA"):
-        print(f"note: {destination} is not the published file ({problem}); using it as it is because "
-              "LLM_UNVERIFIED_DATA is set", file=sys.stderr)
-        problem = _check_file(destination, None, None, validate, destination.suffix)
+    if problem and os.environ.get("LLM_UNVERIFIED_DATA"):
+        whole = _check_file(destination, None, None, validate, destination.suffix, published=False)
+        if sha256 or size or whole is None:
+            print(f"note: {destination} is not the published file ({problem}); using it as it is because "
+                  "LLM_UNVERIFIED_DATA is set", file=sys.stderr)
+        problem = whole
     if problem:
         also = f" and {made_from}" if made_from and Path(made_from).exists() else ""
         raise DownloadError(f"{destination} is not the expected file: {problem}. Delete it{also} and run "
@@ -221,8 +232,9 @@ def download_file(url, destination, backup_url=None, expected_sha256=None, expec
 
     The file, downloaded or found, must have `expected_size` bytes and the SHA-256 `expected_sha256`
     where they are given; else it must pass `validate(path)` (default check_structure), which
-    raises ValueError for an incomplete file. A file that nothing of these can check must come from
-    a server that says where it ends (a Content-Length, or chunks). Tries `backup_url` when the
+    raises ValueError for an incomplete file (NotPublished for a whole one that differs). A file
+    that nothing of these can check must come from a server that says where it ends (a
+    Content-Length, or chunks). Tries `backup_url` when the
     primary fails. Raises DownloadError naming the URLs and the path where the file can be put by
     hand (the way to run offline)."""
     return download_files([dict(url=url, destination=destination, backup_url=backup_url,

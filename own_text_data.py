@@ -5,6 +5,7 @@ it, and chapter 5's windows of context_length tokens (e_data_preparation.GPTData
 
 import hashlib
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -14,7 +15,7 @@ from d_tokenizer import get_gpt2_tokenizer
 from e_data_preparation import GPTDatasetV1
 from own_text_tokens import MemmapWindows, token_file
 from own_tokenizers import ENDOFTEXT, BPETokenizer, CharTokenizer, WordTokenizer, load_tokenizer
-from downloads import download_file, download_files
+from downloads import NotPublished, download_file, download_files
 from plumbing import DATA_DIR, ScriptError, read_text_file
 
 # tiny-shakespeare: 1.1 MB of Shakespeare's plays in one file (karpathy/char-rnn).
@@ -30,6 +31,24 @@ WIKITEXT2_SHA256 = {
     "train.txt": None,
     "valid.txt": "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
 }
+# The published token counts (Merity et al., 2016), counted as pytorch/examples' word_language_model
+# counts them (wikitext2_token_count). They catch a train.txt cut short, which no checksum here can;
+# valid.txt's count was measured on the file of the pinned checksum.
+WIKITEXT2_TOKENS = {"train.txt": 2_088_628, "valid.txt": 217_646}
+
+
+def wikitext2_token_count(path):
+    """The whitespace-separated tokens of a file plus one <eos> a line, as WikiText counts them."""
+    with open(path, encoding="utf-8") as file:
+        return sum(len(line.split()) + 1 for line in file)
+
+
+def check_wikitext2_tokens(path, name):
+    """download_file's validate for WikiText-2's `name`: NotPublished when the count differs."""
+    count, expected = wikitext2_token_count(path), WIKITEXT2_TOKENS[name]
+    if count != expected:
+        raise NotPublished(f"it has {count:,} tokens where the published WikiText-2 {name} has {expected:,}"
+                           + ("; it may have been cut short" if count < expected else ""))
 
 
 def read_text(path):
@@ -61,7 +80,8 @@ def load_training_text(data, train_ratio, data_dir=None):
         folder = data_dir / "wikitext-2"
         # One error that names every missing file, not one file per attempt.
         paths = dict(zip(WIKITEXT2_SHA256, download_files(
-            [dict(url=WIKITEXT2_URL.format(name), destination=folder / name, expected_sha256=sha256)
+            [dict(url=WIKITEXT2_URL.format(name), destination=folder / name, expected_sha256=sha256,
+                  validate=partial(check_wikitext2_tokens, name=name))
              for name, sha256 in WIKITEXT2_SHA256.items()])))
         # WikiText-2 comes split: train on train.txt, validate on valid.txt.
         return (read_text(paths["train.txt"]), read_text(paths["valid.txt"]),

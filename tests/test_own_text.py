@@ -345,8 +345,83 @@ def test_named_datasets_download_through_the_helper(tmp_path, local_server, monk
     monkeypatch.setattr(own_text_data, "WIKITEXT2_URL", local_server.base_url + "/wt/{}")
     monkeypatch.setattr(own_text_data, "WIKITEXT2_SHA256",
                         {"train.txt": None, "valid.txt": sha(" valid @-@ text \n")})
+    monkeypatch.setattr(own_text_data, "WIKITEXT2_TOKENS", {"train.txt": 7, "valid.txt": 4})  # the stand-ins'
     train, val, _ = own_text_data.load_training_text("wikitext2", 0.9)
     assert (train, val) == (" = Title = \n train text \n", " valid @-@ text \n")
+
+
+WIKITEXT2_TRAIN = " = Valkyria = \n\n Senjō no Valkyria 3 @:@ <unk> Chronicles \n" * 3  # 13 tokens a copy
+
+
+def test_wikitext2_tokens_are_counted_as_published():
+    path = Path(tempfile.mkdtemp()) / "train.txt"
+    path.write_text(WIKITEXT2_TRAIN + "no newline at the end", encoding="utf-8")
+    # 3 x (" = Valkyria = " 3 + 1, the empty line 0 + 1, the third line 7 + 1), then 5 + 1
+    assert own_text_data.wikitext2_token_count(path) == 3 * 13 + 6
+
+
+def wikitext2_stand_in(tmp_path, monkeypatch, train_text):
+    """A WikiText-2 folder put there by hand: valid.txt whole, train.txt as given; the published
+    counts are the whole stand-ins' (13 tokens a copy of WIKITEXT2_TRAIN, 4 in valid.txt)."""
+    folder = tmp_path / "wikitext-2"
+    folder.mkdir()
+    (folder / "train.txt").write_text(train_text, encoding="utf-8")
+    (folder / "valid.txt").write_text(" valid @-@ text \n", encoding="utf-8")
+    monkeypatch.setattr(own_text_data, "WIKITEXT2_SHA256", {"train.txt": None, "valid.txt": None})
+    monkeypatch.setattr(own_text_data, "WIKITEXT2_TOKENS", {"train.txt": 39, "valid.txt": 4})
+    monkeypatch.setattr(own_text_data, "WIKITEXT2_URL", "http://127.0.0.1:9/wt/{}")  # never asked
+    return folder
+
+
+def test_a_wikitext2_train_txt_cut_short_is_refused_unless_unverified(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("LLM_UNVERIFIED_DATA", raising=False)
+    folder = wikitext2_stand_in(tmp_path, monkeypatch, WIKITEXT2_TRAIN)
+    assert own_text_data.load_training_text("wikitext2", 0.9, tmp_path)[0] == WIKITEXT2_TRAIN  # whole
+    cut = WIKITEXT2_TRAIN[:100]  # a copy (13), " = Valkyria = " (4), "" (1), "Senjō no Valkyria 3 @:@" (6)
+    (folder / "train.txt").write_text(cut, encoding="utf-8")
+    with pytest.raises(ScriptError) as refused:
+        own_text_data.load_training_text("wikitext2", 0.9, tmp_path)
+    assert str(refused.value) == (
+        f"{folder / 'train.txt'} is not the expected file: it has 24 tokens where the published WikiText-2 "
+        "train.txt has 39; it may have been cut short. Delete it and run again to download it afresh, or "
+        "put the right file there (http://127.0.0.1:9/wt/train.txt)")
+    monkeypatch.setenv("LLM_UNVERIFIED_DATA", "1")  # the reader's own, shorter train.txt, taken with a note
+    capsys.readouterr()
+    assert own_text_data.load_training_text("wikitext2", 0.9, tmp_path)[:2] == (cut, " valid @-@ text \n")
+    assert capsys.readouterr().err == (
+        f"note: {folder / 'train.txt'} is not the published file (it has 24 tokens where the published "
+        "WikiText-2 train.txt has 39; it may have been cut short); using it as it is because "
+        "LLM_UNVERIFIED_DATA is set\n")
+
+
+def test_a_wikitext2_download_cut_short_is_refused(tmp_path, local_server, monkeypatch):
+    monkeypatch.setenv("LLM_UNVERIFIED_DATA", "1")  # accepts a file put there by hand, not a download
+    folder = wikitext2_stand_in(tmp_path, monkeypatch, WIKITEXT2_TRAIN)
+    (folder / "train.txt").unlink()
+    url = local_server.add("/wt/train.txt", WIKITEXT2_TRAIN[:-70])  # a whole answer, of a file cut short:
+    # two copies but for the last line's "hronicles" (13 + 13)
+    monkeypatch.setattr(own_text_data, "WIKITEXT2_URL", url.replace("train.txt", "{}"))
+    with pytest.raises(ScriptError) as refused:
+        own_text_data.load_training_text("wikitext2", 0.9, tmp_path)
+    assert str(refused.value).splitlines()[1] == (
+        f"  {url}: it has 26 tokens where the published WikiText-2 train.txt has 39; it may have been cut "
+        "short")
+    assert sorted(p.name for p in folder.iterdir()) == ["valid.txt"]  # nothing of train.txt stays
+
+
+def shared_wikitext2_file(name):
+    """The real WikiText-2 file: downloaded to data/, or in the workplace's read-only copy."""
+    for folder in (DATA_DIR / "wikitext-2", Path("/work/shared/data/wikitext-2")):
+        if (folder / name).is_file():
+            return folder / name
+    pytest.skip(f"no real WikiText-2 {name} here")
+
+
+@pytest.mark.parametrize("name", ["train.txt", "valid.txt"])
+def test_the_real_wikitext2_files_have_the_published_token_counts(name):
+    path = shared_wikitext2_file(name)
+    assert own_text_data.wikitext2_token_count(path) == own_text_data.WIKITEXT2_TOKENS[name]
+    own_text_data.check_wikitext2_tokens(path, name)  # passes: raises nothing
 
 
 # ---- training, checkpoints, resuming ----

@@ -161,9 +161,9 @@ def test_wikitext2_train_cut_short_without_a_length_is_refused(tmp_path, raw_ser
     monkeypatch.setattr(own_text_data, "WIKITEXT2_URL", server.url + "/{}")
     with pytest.raises(DownloadError) as error:
         own_text_data.load_training_text("wikitext2", 0.9, data_dir=tmp_path)
-    assert str(error.value).startswith(
-        f"could not download train.txt:\n  {server.url}/train.txt: the server did not say how long the file "
-        "is (no Content-Length), and nothing else here can tell a complete file from one cut short\n"
+    assert str(error.value).startswith(  # its token count (own_text_data.WIKITEXT2_TOKENS) tells
+        f"could not download train.txt:\n  {server.url}/train.txt: it has 6,667 tokens where the published "
+        "WikiText-2 train.txt has 2,088,628; it may have been cut short\n"
         f"If this machine is offline, download the file elsewhere and put it at {tmp_path / 'wikitext-2'}")
     assert sorted(p.name for p in (tmp_path / "wikitext-2").iterdir()) == ["valid.txt"]  # no 30 kB train.txt
 
