@@ -106,7 +106,15 @@ def _new_part_file(destination):
         raise _cannot_write(destination.parent, error) from error
 
 
-def _transfer(url, file, name, timeout):
+def _write_all(file, block):
+    """Write all of `block` to the unbuffered `file`, which may take less than all at a time. (With
+    no buffer, a full disk shows here, and not again when the file closes.)"""
+    view = memoryview(block)
+    while view:
+        view = view[file.write(view):]
+
+
+def _transfer(url, file, destination, timeout):
     """Copy the body of `url` into the open `file` with a progress bar. Returns whether the server
     said where the body ends (a Content-Length, or chunks): without that, a connection that drops
     looks just like the end of the file."""
@@ -117,12 +125,12 @@ def _transfer(url, file, name, timeout):
         total = int(response.headers.get("Content-Length") or 0) or None
         delimited = total is not None or bool(getattr(response, "chunked", False))
         received = 0
-        with tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=None) as progress:
+        with tqdm(total=total, unit="B", unit_scale=True, desc=destination.name, disable=None) as progress:
             while block := response.read(1 << 16):
                 try:
-                    file.write(block)
+                    _write_all(file, block)
                 except OSError as error:  # a full disk: no other source would fare better
-                    raise _cannot_write(Path(file.name).parent, error) from error
+                    raise _cannot_write(destination.parent, error) from error
                 received += len(block)
                 progress.update(len(block))
     if total is not None and received != total:
@@ -136,8 +144,8 @@ def _fetch(url, destination, expected_sha256, expected_size, validate, timeout):
     temp_path, handle = _new_part_file(destination)
     try:
         with removed_on_termination(temp_path):
-            with os.fdopen(handle, "wb") as file:
-                delimited = _transfer(url, file, destination.name, timeout)
+            with os.fdopen(handle, "wb", buffering=0) as file:
+                delimited = _transfer(url, file, destination, timeout)
             if not (delimited or expected_sha256 or expected_size or validate or
                     destination.suffix in STRUCTURED_SUFFIXES):
                 raise DownloadError("the server did not say how long the file is (no Content-Length), "

@@ -543,3 +543,40 @@ def test_gpt2_124m_safetensors_come_from_a_fixed_revision_with_pinned_bytes(tmp_
     assert f"{local_server.base_url}{base}/config.json: it has 18 bytes, expected 665" in message
     assert "model.safetensors: it has 114 bytes, expected 548105171" in message
     assert list(tmp_path.iterdir()) == []  # 124M/, made for the download, went with it
+
+
+class FullDisk(io.FileIO):
+    """A file on a disk that is full once `room` bytes are in it; like a real file it may take less
+    than it is given (at most `step` bytes a call) before it refuses."""
+
+    room, step = 10_000, 3000
+
+    def write(self, data):
+        if self.tell() >= self.room:
+            raise OSError(28, "No space left on device")
+        return super().write(data[:min(self.step, self.room - self.tell())])
+
+
+@pytest.mark.parametrize("room", [0, 10_000, len(BODY) - 1])
+def test_a_full_disk_during_a_download_is_one_line_that_names_the_folder(tmp_path, local_server,
+                                                                         monkeypatch, room):
+    import downloads
+
+    url = local_server.add("/data.bin", BODY)
+    monkeypatch.setattr(FullDisk, "room", room)
+    monkeypatch.setattr(downloads.os, "fdopen", lambda fd, mode, buffering: FullDisk(fd, mode))
+    with pytest.raises(ScriptError) as error:
+        download_file(url, tmp_path / "data.bin", expected_sha256=sha256(BODY))
+    assert str(error.value).startswith(f"cannot write to {tmp_path} (No space left on device), where the "
+                                       "download goes; make it writable")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written stays
+
+
+def test_a_file_that_takes_a_little_at_a_time_gets_it_all(tmp_path, local_server, monkeypatch):
+    import downloads
+
+    url = local_server.add("/data.bin", BODY)
+    monkeypatch.setattr(FullDisk, "room", len(BODY))
+    monkeypatch.setattr(downloads.os, "fdopen", lambda fd, mode, buffering: FullDisk(fd, mode))
+    download_file(url, tmp_path / "data.bin", expected_sha256=sha256(BODY))
+    assert (tmp_path / "data.bin").read_bytes() == BODY
