@@ -59,24 +59,26 @@ def generate_stream(model, idx, max_new_tokens, context_size, temperature=0.0, t
 class TokenText:
     """The text that each new token adds to `context_ids`: the pieces join up to exactly what
     tokenizer.decode gives for all the ids, less the context's text. A token's text can depend on
-    the ids before it (the word tokenizer puts a space between words, none before punctuation), so
-    each step decodes all the ids and gives what is new. Every tokenizer of the series decodes a
-    longer list of ids to bytes that start with the shorter list's. The bytes of a character split
-    across tokens wait until it is complete (an incremental UTF-8 decoder, errors replaced as in
-    tiktoken's decode)."""
+    the ids just before it (the word tokenizer puts a space between words, none before punctuation),
+    so each step decodes the last CONTEXT ids with and without the new one and gives the difference:
+    the same for every tokenizer of the series as decoding all the ids, at a cost that does not grow
+    with the stream. The bytes of a character split across tokens wait until it is complete (an
+    incremental UTF-8 decoder, errors replaced as in tiktoken's decode)."""
+
+    CONTEXT = 8  # ids before a token that its text may depend on (the word tokenizer needs one)
 
     def __init__(self, tokenizer, context_ids=()):
         self.tokenizer = tokenizer
-        self.ids = list(context_ids)
-        self.seen = len(tokenizer.decode_bytes(self.ids))  # bytes of text already accounted for
+        self.ids = list(context_ids)[-self.CONTEXT:]
         self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def add(self, token_id):
         """The text token_id adds: "" while it holds only part of a character."""
+        before = len(self.tokenizer.decode_bytes(self.ids))
         self.ids.append(token_id)
         data = self.tokenizer.decode_bytes(self.ids)
-        new, self.seen = data[self.seen:], len(data)
-        return self.utf8.decode(new)
+        self.ids = self.ids[-self.CONTEXT:]
+        return self.utf8.decode(data[before:])
 
     def finish(self):
         """The rest of an unfinished character (as U+FFFD) once the stream has ended."""
