@@ -223,6 +223,11 @@ def show_network():
     print("class-membership probabilities:", out)
 
 
+def save_weights(model, path):
+    """torch.save(model.state_dict(), path), written atomically: a full disk keeps the earlier file."""
+    write_atomically(path, lambda temp_path: torch.save(model.state_dict(), temp_path))
+
+
 def main_single(args):
     device = get_device(args.device)
     ensure_writable(outputs_folder(args.quick))  # before the training, not after it
@@ -274,8 +279,7 @@ def main_single(args):
     print(f"Training accuracy: {train_acc:.2f} | Test accuracy: {test_acc:.2f}")
 
     path = output_path("appendix-a-model.pth", args.quick)  # the book's model.pth, with a name of its own
-    # the weights only, not the Python class; written atomically: a full disk keeps the earlier file
-    write_atomically(path, lambda temp_path: torch.save(model.state_dict(), temp_path))
+    save_weights(model, path)  # the weights only, not the Python class
     restored = NeuralNetwork(2, 2)  # the architecture must be rebuilt before loading the weights
     restored.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
     restored.to(device)
@@ -353,7 +357,7 @@ def ddp_train(num_epochs=NUM_EPOCHS, device_name=None):
               flush=True)
         if rank == 0:  # one writer, or the ranks would race on the same file
             path = output_path("appendix-a-model-ddp.pth")
-            write_atomically(path, lambda temp_path: torch.save(model.state_dict(), temp_path))
+            save_weights(model, path)
             print(f"[rank 0] saved {path} ({world_size} processes, backend "
                   f"{torch.distributed.get_backend()})")
         return model, train_acc, test_acc
