@@ -1,14 +1,17 @@
 """The series' shared plumbing (not a chapter): where files live, errors that print one line,
 atomic writes and the removal of the temporary files that killed writes and downloads leave, reading
 a text file, the device choice and its one --device flag, the shared flags and the book-or-quick
-settings helper, the temperature rule, and saving a figure. Downloads are in downloads.py.
+settings helper, the temperature rule, saving a figure, and the allocator setting every script runs
+with (keep_freed_memory). Downloads are in downloads.py.
 
 Every lettered script imports what it needs from here; this module imports no chapter.
 """
 
 import contextlib
+import ctypes
 import glob
 import os
+import platform
 import signal
 import sys
 import tempfile
@@ -27,8 +30,39 @@ class ScriptError(Exception):
     what happened and what to do. Scripts print it instead of a traceback."""
 
 
+# mallopt's parameters (glibc's malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory():
+    """Let this process reuse the memory it frees instead of giving it back to the system at once.
+
+    glibc's malloc maps every block over 32 MB on its own and unmaps it when it is freed. A training
+    step frees and allocates the same big tensors every time (124M's logits and their gradient are
+    103 MB each, the embedding gradients 154 MB), so each step would get them as new pages that the
+    kernel faults in and zeroes one 4 KB page at a time: 176,000 faults a step for the fast path and
+    430,000 for the book path at 124M, batch 2, context 256, and up to a third of the step's time on
+    README's 2-core machine (benchmarks/bench_pretraining.py --allocator system shows it). With
+    mmap off, big blocks come from the heap, and with no trim threshold the heap keeps freed memory
+    for the next step. The cost: the process holds on to its peak memory until it ends (set
+    LLM_ALLOCATOR=system to keep glibc's default). Elsewhere than glibc (macOS, Windows, musl)
+    nothing changes. Returns whether the setting was applied."""
+    if os.environ.get("LLM_ALLOCATOR") == "system":
+        return False
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    # -1 as the trim threshold is the largest size_t: the heap is never trimmed.
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, -1))
+
+
 def run_main(main):
-    """Run a script's main(), turning predictable problems into one clear line on stderr."""
+    """Run a script's main() with keep_freed_memory() on, turning predictable problems into one clear
+    line on stderr."""
+    keep_freed_memory()
     try:
         main()
     except (ScriptError, ValueError, FileNotFoundError) as error:

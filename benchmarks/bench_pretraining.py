@@ -3,16 +3,19 @@
 book path: GPTModel with the book's MultiHeadAttention, LayerNorm and GELU, float32,
 torch.optim.AdamW, as in chapter 5.
 fast path: what `fast_pretraining.py` trains: fast_config (FastMultiHeadAttention, fused LayerNorm,
-GELU and FeedForward), fused AdamW, TF32 matmuls on CUDA, and --dtype: auto (default) is bfloat16
-autocast where the hardware computes bfloat16 natively, float32 keeps float32.
+GELU and FeedForward), FastDropout's cheaper masks (--book-dropout: nn.Dropout's), fused AdamW, TF32
+matmuls on CUDA, and --dtype: auto (default) is bfloat16 autocast where the hardware computes
+bfloat16 natively, float32 keeps float32.
 --compile adds the fast path under torch.compile.
 peers (same config, dropout and dtype, fused AdamW, eager): Hugging Face transformers'
 GPT2LMHeadModel with SDPA attention (skipped when transformers is missing) and nanoGPT's GPT from
 --nanogpt PATH (its model.py, kept outside this repository; skipped without it). Both get an
 output head of their own, as GPTModel has.
 
-Each step trains on one batch of random token ids (speed does not depend on the text). The paths
-take turns step by step and each figure is the median of its steps, so a load that comes and goes
+Each step trains on one batch of random token ids (speed does not depend on the text). All paths
+run with the allocator setting of every script (plumbing.keep_freed_memory; --allocator system
+shows what glibc's default costs). The paths take turns step by step and each figure is the median
+of its steps, so a load that comes and goes
 hits them all alike. Every figure comes with the machine and its load average. Prints figures; it
 is not a test.
 
@@ -107,7 +110,7 @@ def build_path(name, cfg, device, args):
     if name in ("fast", "compile"):
         enable_fast_math(device)
         _, model, optimizer = build_training(fast_config(cfg), SETTINGS, device, fast=True,
-                                             compile_model=name == "compile")
+                                             compile_model=name == "compile", book_dropout=args.book_dropout)
         return make_step(book_loss, model, optimizer, args.batch, device, fast_dtype, tf32) + (fast_dtype,)
     model, message = hf_gpt2(cfg) if name == "hf" else nanogpt(cfg, args.nanogpt)
     if model is None:
@@ -130,6 +133,8 @@ def parse_args():
                         help="the fast path's and the peers' dtype, as fast_pretraining.py --dtype")
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=["book", "fast", "hf", "nanogpt"])
     parser.add_argument("--compile", action="store_true", help="add the fast path under torch.compile")
+    parser.add_argument("--book-dropout", action="store_true",
+                        help="the fast path with nn.Dropout's masks, as fast_pretraining.py --book-dropout")
     parser.add_argument("--nanogpt", default=None, metavar="PATH", help="nanoGPT's model.py for its row")
     parser.add_argument("--steps", type=int, default=None,
                         help="timed steps per path (default: 20 on CUDA, 4 elsewhere)")
