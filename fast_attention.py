@@ -5,8 +5,10 @@ one fused query/key/value projection and PyTorch's scaled_dot_product_attention.
 selects it with "attention": "fast". FastLayerNorm, FastGELU and FastFeedForward compute what the
 book's LayerNorm, GELU and FeedForward (4.2-4.3) compute, in PyTorch's fused kernels; a config
 selects them with "fast_layers": True. Both keep the book's parameter names, so checkpoints load
-either way. The KV cache keeps each generated token's keys and values, so that
-generate(..., use_cache=True) runs one new token per step instead of the whole sequence.
+either way. use_fast_dropout(model) swaps a model's dropout modules for FastDropout, which draws
+cheaper masks than the book's (other masks from the same seed). The KV cache keeps each generated
+token's keys and values, so that generate(..., use_cache=True) runs one new token per step instead
+of the whole sequence.
 
 Not a chapter: the first script that imports it is r_transformer_block.py, so it imports only
 earlier letters (m, p).
@@ -40,7 +42,7 @@ class FastMultiHeadAttention(nn.Module):
             if qkv_bias:
                 self.W_qkv.bias.copy_(torch.cat([book.W_query.bias, book.W_key.bias, book.W_value.bias]))
         self.out_proj = book.out_proj
-        self.dropout = dropout  # a probability: scaled_dot_product_attention applies it itself
+        self.dropout = nn.Dropout(dropout)  # on the attention weights, as the book's
         self.register_load_state_dict_pre_hook(_fuse_book_qkv)
 
     @classmethod
@@ -62,9 +64,14 @@ class FastMultiHeadAttention(nn.Module):
         if kv_cache is not None:
             start = kv_cache.length
             keys, values = kv_cache.append(keys, values)
-        if self.training and self.dropout > 0:
-            context_vec = attention_with_dropout(queries, keys, values, self.dropout,
-                                                 cached_causal_mask(start, num_tokens, x.device))
+        if self.training and self.dropout.p > 0:
+            if isinstance(self.dropout, FastDropout) and x.device.type != "cpu" and start == 0:
+                # The masks need not be the book's: the fused kernel draws its own (FlashAttention on CUDA).
+                context_vec = F.scaled_dot_product_attention(queries, keys, values, dropout_p=self.dropout.p,
+                                                             is_causal=True)
+            else:
+                context_vec = attention_with_dropout(queries, keys, values, self.dropout,
+                                                     cached_causal_mask(start, num_tokens, x.device))
         elif start > 0 and num_tokens > 1:  # is_causal assumes queries and keys start at the same position
             mask = ~cached_causal_mask(start, num_tokens, x.device)
             context_vec = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask)
@@ -74,15 +81,51 @@ class FastMultiHeadAttention(nn.Module):
         return self.out_proj(context_vec)
 
 
-def attention_with_dropout(queries, keys, values, dropout_p, mask):
-    """Causal attention with dropout on the attention weights, as MultiHeadAttention computes it and
-    with the same random mask. On CPU scaled_dot_product_attention has no fused kernel with dropout
-    and falls back to a math path that does more work than this (about 1.7x the time at context 256).
-    mask: True where a query may NOT look."""
+def attention_with_dropout(queries, keys, values, dropout, mask):
+    """Causal attention with `dropout` (a module) on the attention weights, as MultiHeadAttention
+    computes it; with nn.Dropout, also with the same random mask. On CPU scaled_dot_product_attention
+    has no fused kernel with dropout and falls back to a math path that does more work than this
+    (about 1.7x the time at context 256). mask: True where a query may NOT look."""
     # Scaling the queries rather than the scores touches head_dim values per query, not num_tokens.
     scores = torch.matmul(queries * queries.shape[-1] ** -0.5, keys.transpose(-2, -1))
     weights = torch.softmax(scores.masked_fill_(mask, -torch.inf), dim=-1)
-    return torch.matmul(F.dropout(weights, dropout_p, training=True), values)
+    return torch.matmul(dropout(weights), values)
+
+
+class FastDropout(nn.Dropout):
+    """nn.Dropout with cheaper masks on CPU: each element's mask compares 16 random bits with a
+    threshold, so one 64-bit number from the generator serves four elements, where nn.Dropout draws
+    a number for each (the masks of a 124M step took 6% of its time). An element is kept with
+    probability 1 - p, rounded to a multiple of 1/65,536, and scaled by its inverse, so the expected
+    value stays the input. The masks are not nn.Dropout's for the same seed. On GPUs, and under
+    torch.compile, which fuse the masks into the kernels, it is nn.Dropout."""
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu" or torch.compiler.is_compiling() or self.p == 1:
+            return super().forward(x)
+        return fast_dropout(x, self.p)
+
+
+def fast_dropout(x, p):
+    """x with each element kept with probability 1 - p (to within 1/65,536) and scaled by its inverse."""
+    dropped = round(p * 65536)  # of the 65,536 values 16 bits take, this many drop an element
+    # random_() alone would leave each number's top bit 0; from -2**63 it draws all 64 bits.
+    bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_(-2 ** 63, None)
+    bits = bits.view(torch.int16)[:x.numel()].view(x.shape)  # uniform over -32768..32767
+    return torch.where(bits >= dropped - 32768, x * (65536 / (65536 - dropped)), 0.0)
+
+
+def use_fast_dropout(model):
+    """Replace every nn.Dropout in `model` (the embeddings', the shortcuts', the attention weights')
+    with a FastDropout of the same probability; dropout has no weights, so checkpoints are unchanged.
+    Returns the model."""
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) is nn.Dropout:
+                setattr(parent, name, FastDropout(child.p, child.inplace).train(child.training))
+    return model
 
 
 def _fuse_book_qkv(module, state_dict, prefix, *args):

@@ -2,7 +2,8 @@
 
 The model, data, seed and loss are chapter 5's (u_pretraining.py); what changes is how the work is
 done: FastMultiHeadAttention (fused projections, scaled_dot_product_attention), LayerNorm and GELU
-in PyTorch's fused kernels, fused AdamW, bfloat16 autocast where the hardware computes it natively
+in PyTorch's fused kernels, cheaper dropout masks (FastDropout; --book-dropout keeps the book's),
+fused AdamW, bfloat16 autocast where the hardware computes it natively
 (--dtype chooses), TF32 matmuls on CUDA, torch.compile, gradient accumulation, and
 DistributedDataParallel under torchrun (appendix A's ddp_setup).
 
@@ -10,6 +11,7 @@ Run: python fast_pretraining.py                       5.2 on the fast path, then
      python fast_pretraining.py --quick               a tiny model for a few steps
      python fast_pretraining.py --compile --grad-accum 4
      python fast_pretraining.py --dtype float32        the fast path without bfloat16 autocast
+     python fast_pretraining.py --book-dropout         the book's dropout masks from the same seed
      python fast_pretraining.py --book-model          the book's attention and AdamW (to compare)
      torchrun --nproc_per_node=2 fast_pretraining.py  data parallel on 2 GPUs (or 2 CPU processes
                                                       with --device cpu); rank 0 logs and saves
@@ -25,6 +27,7 @@ import torch.distributed as dist
 
 from checkpoints import save_checkpoint
 from d_tokenizer import get_gpt2_tokenizer
+from fast_attention import use_fast_dropout
 from plumbing import (ScriptError, add_device_arg, add_quick_and_epochs_args, book_or_quick, ensure_writable,
                       get_device, output_path, outputs_folder, positive_int, run_main)
 from s_gpt_model import GPTModel
@@ -130,13 +133,16 @@ def distributed_loader(data_loader, rank, world_size, seed=SEED):
                       drop_last=True)
 
 
-def build_training(cfg, settings, device, fast=False, compile_model=False, ddp=False):
-    """5.2's model and optimizer, created as the book creates them; with fast=True a fused AdamW, with
-    DDP and --compile wrapped. Returns (model, wrapped_model, optimizer): train the wrapper
-    wrapped_model, save model (the plain GPTModel, whose state dict has the usual names)."""
+def build_training(cfg, settings, device, fast=False, compile_model=False, ddp=False, book_dropout=False):
+    """5.2's model and optimizer, created as the book creates them; with fast=True a fused AdamW and,
+    unless book_dropout, FastDropout; with DDP and --compile wrapped. Returns (model, wrapped_model,
+    optimizer): train the wrapper wrapped_model, save model (the plain GPTModel, whose state dict has
+    the usual names)."""
     torch.manual_seed(SEED)
     model = GPTModel(cfg)
     model.to(device)
+    if fast and not book_dropout:
+        use_fast_dropout(model)
     optimizer = make_adamw(model.parameters(), lr=settings["learning_rate"],
                            weight_decay=settings["weight_decay"], fused=fast)
     wrapped_model = model
@@ -208,7 +214,8 @@ def setup_fast_paths(args, device):
     if not args.book_model:
         enable_fast_math(device)
         train_kwargs["autocast_dtype"] = autocast_dtype_for(args.dtype, device)
-        used = ["FastMultiHeadAttention", "fused AdamW", "fused LayerNorm and GELU"]
+        used = ["FastMultiHeadAttention", "fused AdamW", "fused LayerNorm and GELU",
+                "the book's dropout masks" if args.book_dropout else "cheaper dropout masks"]
         if device.type == "cuda":
             used.append("TF32 matmuls")
         if train_kwargs["autocast_dtype"] is not None:
@@ -236,6 +243,9 @@ def parse_args():
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
                         help="the fast path's compute dtype: auto (default) is bfloat16 autocast where the "
                              "hardware computes bfloat16 natively, else float32")
+    parser.add_argument("--book-dropout", action="store_true",
+                        help="the fast path with the book's dropout masks (nn.Dropout's, the same from the "
+                             "same seed) instead of FastDropout's cheaper ones")
     parser.add_argument("--compile", action="store_true",
                         help="train under torch.compile (needs a C++ compiler on CPU)")
     parser.add_argument("--grad-accum", type=positive_int, default=1, metavar="N",
@@ -269,7 +279,8 @@ def pretrain(args, rank, world_size, device):
 
     start_time = time.time()
     model, wrapped_model, optimizer = build_training(cfg, settings, device, fast=not args.book_model,
-                                                   compile_model=args.compile, ddp=world_size > 1)
+                                                   compile_model=args.compile, ddp=world_size > 1,
+                                                   book_dropout=args.book_dropout)
     if world_size > 1:
         torch.manual_seed(SEED + rank)  # the same weights everywhere, different dropout masks
     train_losses, val_losses, tokens_seen = train_model_fast(

@@ -107,7 +107,7 @@ def book_attention(fast):
     d_out, d_in = fast.out_proj.weight.shape[0], fast.W_qkv.in_features
     has_bias = fast.W_qkv.bias is not None
     with torch.device("meta"):  # no weights drawn: the random number stream stays untouched
-        mha = MultiHeadAttention(d_in, d_out, fast.context_length, fast.dropout, fast.num_heads,
+        mha = MultiHeadAttention(d_in, d_out, fast.context_length, fast.dropout.p, fast.num_heads,
                                  qkv_bias=has_bias)
     weight = fast.out_proj.weight
     mha = mha.to_empty(device=weight.device).to(weight.dtype)

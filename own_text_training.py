@@ -9,6 +9,7 @@ import torch.distributed as dist
 from torch.utils.data import Subset
 
 from appendix_d import lr_at_step
+from fast_attention import use_fast_dropout
 from fast_pretraining import accumulate_gradients, accumulation_groups, autocast_dtype_for, enable_fast_math
 from own_text_checkpoints import plot_path, write_best_checkpoint, write_checkpoint
 from own_text_data import epoch_order, loader
@@ -95,13 +96,14 @@ def train_epoch(run, bar, eval_loaders, session, stop_after, trained_model, auto
 
 
 def fast_paths(run):
-    """(the model to train, the autocast dtype) for the run's settings: with "fast", bfloat16 autocast
-    where native (or --dtype) and TF32 on CUDA; with "compile", torch.compile's wrapper, which trains
-    the same parameters that run.model holds and saves."""
+    """(the model to train, the autocast dtype) for the run's settings: with "fast", FastDropout's
+    cheaper masks, bfloat16 autocast where native (or --dtype) and TF32 on CUDA; with "compile",
+    torch.compile's wrapper, which trains the same parameters that run.model holds and saves."""
     settings = run.settings
     autocast_dtype = None
     if settings.get("fast"):
         enable_fast_math(run.device)
+        use_fast_dropout(run.model)
         autocast_dtype = autocast_dtype_for(settings["dtype"], run.device)
     trained_model = run.model
     if run.world_size > 1:

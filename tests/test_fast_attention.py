@@ -10,6 +10,7 @@ import checkpoints
 import u_pretraining as u
 from fast_attention import (
     CachedNextTokenLogits,
+    FastDropout,
     FastFeedForward,
     FastGELU,
     FastLayerNorm,
@@ -18,6 +19,7 @@ from fast_attention import (
     gpt_with_cache,
     lay_out_weights_for_decoding,
     new_kv_cache,
+    use_fast_dropout,
 )
 from m_efficient_multi_head_attention import MultiHeadAttention
 from p_layernorm_gelu_feedforward import GELU, FeedForward, LayerNorm
@@ -63,7 +65,7 @@ def test_from_book_copies_weights_without_touching_the_random_numbers():
     assert torch.equal(torch.rand(3), expected)
     assert fast.W_qkv.weight.data_ptr() != book.W_query.weight.data_ptr()  # a copy, not a view
     assert torch.equal(fast.W_qkv.weight[8:16], book.W_key.weight)
-    assert fast.W_qkv.bias is None and fast.dropout == 0.0
+    assert fast.W_qkv.bias is None and fast.dropout.p == 0.0
 
 
 def test_a_seed_gives_the_fast_model_the_books_weights_and_dropout_masks():
@@ -183,6 +185,56 @@ def test_fast_layers_keep_the_books_weights_and_checkpoints_load_both_ways(tmp_p
     both = GPTModel(fast_cfg).eval()
     both.load_state_dict(book.state_dict())
     assert torch.allclose(both(idx), book(idx), atol=1e-5)
+
+
+# ---- FastDropout ----
+
+def test_fast_dropout_keeps_nine_in_ten_scaled_and_backpropagates_through_the_same_mask():
+    torch.manual_seed(123)
+    x = torch.ones(1_000_000, requires_grad=True)
+    dropout = FastDropout(0.1)
+    out = dropout(x)
+    kept = out != 0
+    # 1 - p to within 1/65,536: 6,554 of the 65,536 values of 16 random bits drop an element.
+    keep = 1 - 6554 / 65536
+    assert kept.float().mean().item() == pytest.approx(keep, abs=5 * (keep * (1 - keep) / x.numel()) ** 0.5)
+    assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / keep), rtol=1e-6, atol=0)  # mean 1
+    out.backward(torch.arange(x.numel(), dtype=torch.float32))
+    assert torch.allclose(x.grad, torch.where(kept, torch.arange(x.numel()) / keep, 0.0), rtol=1e-6, atol=0)
+    # The bits of one 64-bit draw serve four neighbours, yet neighbours are not kept alike.
+    pairs = kept[:-1:2].float() * kept[1::2].float()
+    assert pairs.mean().item() == pytest.approx(keep ** 2, abs=0.003)
+
+    torch.manual_seed(123)
+    assert torch.equal(dropout(torch.ones(1_000_000)) != 0, kept)  # the seed decides the mask
+    torch.manual_seed(123)
+    assert not torch.equal(torch.nn.Dropout(0.1)(torch.ones(1_000_000)) != 0, kept)  # not nn.Dropout's
+    assert dropout(torch.ones(3, 5, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    assert torch.equal(dropout.eval()(x), x) and torch.equal(FastDropout(0.0)(x), x)
+    assert torch.equal(FastDropout(1.0)(x), torch.zeros_like(x))
+
+
+def test_use_fast_dropout_swaps_every_dropout_and_keeps_weights_and_eval_outputs():
+    cfg = {**TOKEN_CFG, "drop_rate": 0.1, "attention": "fast", "fast_layers": True}
+    torch.manual_seed(123)
+    model = GPTModel(cfg)
+    book_dropouts = [name for name, module in model.named_modules() if type(module) is torch.nn.Dropout]
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    idx = torch.tensor([[1, 5, 9, 2, 3]])
+    eval_logits = model.eval()(idx)
+    assert use_fast_dropout(model) is model
+    fast_dropouts = [name for name, module in model.named_modules() if isinstance(module, FastDropout)]
+    # the embeddings', one per block for the shortcuts, one per block on the attention weights
+    assert fast_dropouts == book_dropouts and len(fast_dropouts) == 1 + 2 * TOKEN_CFG["n_layers"]
+    assert all(module.p == 0.1 for module in model.modules() if isinstance(module, FastDropout))
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(tensor, state[name]) for name, tensor in model.state_dict().items())
+    assert torch.equal(model(idx), eval_logits)
+    model.train()
+    torch.manual_seed(1)
+    first = model(idx)
+    torch.manual_seed(1)
+    assert torch.equal(model(idx), first) and not torch.allclose(first, eval_logits)
 
 
 # ---- KV cache ----

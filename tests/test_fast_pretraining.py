@@ -20,16 +20,18 @@ from torch.utils.data import DataLoader, DistributedSampler
 import checkpoints
 import fast_pretraining as fp
 import u_pretraining as u
-from fast_attention import FastMultiHeadAttention
+from fast_attention import FastDropout, FastMultiHeadAttention
 from y_neural_network_basics import ddp_setup
 
 # ---- training ----
 
-def train(cfg, fast=False, grad_accum_steps=1, batch_size=2, autocast_dtype=None, epochs=2):
+def train(cfg, fast=False, grad_accum_steps=1, batch_size=2, autocast_dtype=None, epochs=2,
+          book_dropout=True):
     """Train on token_dataset() from seed 123; return (model, losses on a fixed loader, tokens seen)."""
     loader = DataLoader(token_dataset(), batch_size=batch_size, shuffle=False)
     eval_loader = DataLoader(token_dataset(), batch_size=4, shuffle=False)
-    model, train_model, optimizer = fp.build_training(cfg, TRAIN_SETTINGS, torch.device("cpu"), fast=fast)
+    model, train_model, optimizer = fp.build_training(cfg, TRAIN_SETTINGS, torch.device("cpu"), fast=fast,
+                                                      book_dropout=book_dropout)
     _, losses, tokens_seen = fp.train_model_fast(
         train_model, loader, eval_loader, optimizer, torch.device("cpu"), num_epochs=epochs, eval_freq=2,
         eval_iter=2, start_context="ab", tokenizer=CharTokenizer(TOKEN_CFG["vocab_size"]),
@@ -53,6 +55,17 @@ def test_fast_training_follows_the_book_training_from_the_same_seed(capsys):
     assert "Ep 2 (Step 000014)" in capsys.readouterr().out
 
 
+def test_fast_dropout_masks_train_to_the_books_losses_within_their_noise():
+    cfg = {**TOKEN_CFG, "drop_rate": 0.1}
+    _, book_losses, _ = train(cfg, epochs=4)
+    fast_model, fast_losses, _ = train(fp.fast_config(cfg), fast=True, epochs=4, book_dropout=False)
+    assert any(isinstance(module, FastDropout) for module in fast_model.modules())
+    # Other masks, so other steps: the losses differ, but by what dropout's randomness moves them.
+    assert fast_losses != pytest.approx(book_losses, abs=1e-4)
+    assert fast_losses == pytest.approx(book_losses, abs=0.05)
+    assert fast_losses[-1] < fast_losses[0] - 0.5
+
+
 def test_dtype_flag_picks_the_autocast_dtype_and_keeps_float32_on_request():
     cpu = torch.device("cpu")
     assert fp.autocast_dtype_for("float32", cpu) is None
@@ -60,10 +73,12 @@ def test_dtype_flag_picks_the_autocast_dtype_and_keeps_float32_on_request():
     assert fp.autocast_dtype_for("auto", cpu) is fp.fast_autocast_dtype(cpu)
     with pytest.raises(ValueError, match="unknown dtype 'float16'"):
         fp.autocast_dtype_for("float16", cpu)
-    args = argparse.Namespace(book_model=False, dtype="float32", compile=False, grad_accum=1)
+    args = argparse.Namespace(book_model=False, dtype="float32", compile=False, grad_accum=1,
+                              book_dropout=False)
     train_kwargs, used = fp.setup_fast_paths(args, cpu)
     assert train_kwargs["autocast_dtype"] is None and "bfloat16" not in used
-    assert used.startswith("FastMultiHeadAttention, fused AdamW, fused LayerNorm and GELU")
+    assert used.startswith("FastMultiHeadAttention, fused AdamW, fused LayerNorm and GELU, "
+                           "cheaper dropout masks")
     train_kwargs, used = fp.setup_fast_paths(argparse.Namespace(**{**vars(args), "dtype": "bfloat16"}), cpu)
     assert train_kwargs["autocast_dtype"] is torch.bfloat16 and used.endswith("bfloat16 autocast")
 
