@@ -28,3 +28,14 @@ def test_generation_benchmark_paths_give_the_same_ids(tmp_path):
                         data_dir=tmp_path / "data", outputs_dir=tmp_path / "outputs")
     assert "All paths give identical ids: True" in result.stdout
     assert re.search(r"fast path, KV cache +[\d.]+ tokens/s .* weights read +[\d.]+ GB/s", result.stdout)
+
+
+def test_allocator_benchmark_runs_both_settings_in_two_processes(tmp_path):
+    result = run_script("benchmarks/bench_allocator.py", "--device", "cpu", "--config", "small",
+                        "--context", "32", "--steps", "1", "--threads", "1",
+                        data_dir=tmp_path / "data", outputs_dir=tmp_path / "outputs")
+    assert "allocator glibc's default in one process, freed memory kept in the other" in result.stdout
+    for name in ("book path (float32)", "fast path"):
+        line = re.search(rf"{re.escape(name)} +system +\d+ tokens/s, +(\d+) page faults a step; keep +\d+ "
+                         r"tokens/s, +(\d+) page faults a step; kept memory [\d.]+x", result.stdout)
+        assert line and int(line[2]) < int(line[1]) / 10, name  # kept memory: (next to) no new pages
