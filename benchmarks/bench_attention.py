@@ -2,7 +2,8 @@
 
 The book's MultiHeadAttentionWrapper (3.6.1, one CausalAttention per head, run one after another)
 and MultiHeadAttention (3.6.2) against FastMultiHeadAttention (fused QKV projection and
-scaled_dot_product_attention), at GPT-2 124M's attention size. Prints figures; it is not a test.
+scaled_dot_product_attention), at GPT-2 124M's attention size; with --dropout above 0 also
+FastMultiHeadAttention with FastDropout's cheaper masks. Prints figures; it is not a test.
 
 Run: python benchmarks/bench_attention.py [--device cpu] [--contexts 256 1024] [--repeats 5]
 """
@@ -12,7 +13,7 @@ import argparse
 import torch
 from common import add_common_args, describe_machine, setup_from_args, time_paths
 
-from fast_attention import FastMultiHeadAttention
+from fast_attention import FastMultiHeadAttention, use_fast_dropout
 from l_multi_head_attention import MultiHeadAttentionWrapper
 from m_efficient_multi_head_attention import MultiHeadAttention
 from plumbing import run_main
@@ -50,12 +51,17 @@ def main():
                 module.zero_grad(set_to_none=True)
             return run
 
-        with torch.no_grad():  # the same weights give the same outputs
-            max_diff = (fast(x) - book(x)).abs().max().item()
-        times = time_paths({"MultiHeadAttentionWrapper (3.6.1)": forward_backward(wrapper),
-                            "MultiHeadAttention (3.6.2)": forward_backward(book),
-                            "FastMultiHeadAttention": forward_backward(fast)},
-                           device, repeats=args.repeats)
+        with torch.no_grad():  # the same weights give the same outputs (in eval mode: no dropout)
+            max_diff = (fast.eval()(x) - book.eval()(x)).abs().max().item()
+        fast.train()
+        book.train()
+        paths = {"MultiHeadAttentionWrapper (3.6.1)": forward_backward(wrapper),
+                 "MultiHeadAttention (3.6.2)": forward_backward(book),
+                 "FastMultiHeadAttention": forward_backward(fast)}
+        if args.dropout > 0:
+            cheap = use_fast_dropout(FastMultiHeadAttention.from_book(book))
+            paths["FastMultiHeadAttention, FastDropout"] = forward_backward(cheap)
+        times = time_paths(paths, device, repeats=args.repeats)
         print(f"\ncontext {context} (fast vs book max |difference| {max_diff:.1e}):")
         book_time = times["MultiHeadAttention (3.6.2)"]
         for name, seconds in times.items():

@@ -39,3 +39,15 @@ def test_allocator_benchmark_runs_both_settings_in_two_processes(tmp_path):
         line = re.search(rf"{re.escape(name)} +system +\d+ tokens/s, +(\d+) page faults a step; keep +\d+ "
                          r"tokens/s, +(\d+) page faults a step; kept memory [\d.]+x", result.stdout)
         assert line and int(line[2]) < int(line[1]) / 10, name  # kept memory: (next to) no new pages
+
+
+def test_attention_benchmark_times_every_class_and_fast_dropout(tmp_path):
+    result = run_script("benchmarks/bench_attention.py", "--device", "cpu", "--contexts", "8",
+                        "--emb-dim", "16", "--heads", "2", "--dropout", "0.1", "--repeats", "1",
+                        "--threads", "1",
+                        data_dir=tmp_path / "data", outputs_dir=tmp_path / "outputs")
+    difference = re.search(r"fast vs book max \|difference\| ([\d.e+-]+)", result.stdout)
+    assert difference and float(difference[1]) < 1e-5  # without dropout's masks they agree
+    for name in ("MultiHeadAttentionWrapper (3.6.1)", "MultiHeadAttention (3.6.2)", "FastMultiHeadAttention",
+                 "FastMultiHeadAttention, FastDropout"):
+        assert re.search(rf"{re.escape(name)} +[\d.]+ ms +[\d.]+x the book's", result.stdout), name
