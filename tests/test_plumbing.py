@@ -1,7 +1,6 @@
 """plumbing.py's small helpers that every script shares: the flags, the settings, where outputs go."""
 
 import argparse
-import os
 import platform
 import subprocess
 import sys
@@ -78,31 +77,31 @@ def test_tiny_temperatures_are_taken_as_long_as_sampling_can_compute_with_them()
 
 
 KEEP_CHECK = """
-import resource, sys, torch, plumbing
-if sys.argv[1] == "keep":
-    assert plumbing.keep_freed_memory()
-else:  # the reader's way back to glibc's default
-    assert not plumbing.keep_freed_memory()
+import resource, torch, plumbing
 def faults(make):
     start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     kept = make()
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start, kept
-for _ in range(2):  # a training step's big tensors, freed at its end, then the next step's
-    _, step = faults(lambda: [torch.ones(25_000_000) for _ in range(4)])  # 4 x 100 MB
-    del step
-    print(faults(lambda: torch.ones(12_500_000))[0])  # 50 MB
+for setting in ("system", "keep"):
+    if setting == "keep":
+        assert plumbing.keep_freed_memory()
+    for _ in range(2):  # a training step's big tensors, freed at its end, then the next step's
+        _, step = faults(lambda: [torch.ones(25_000_000) for _ in range(4)])  # 4 x 100 MB
+        del step
+        print(setting, faults(lambda: torch.ones(12_500_000))[0])  # 50 MB
 """
 
 
-@pytest.mark.skipif(sys.platform != "linux"
-                    or platform.libc_ver()[0] != "glibc", reason="the setting is glibc's")
-def test_kept_memory_serves_the_next_big_tensor_without_page_faults():
-    """glibc maps each block over 32 MB on its own and unmaps it when freed, so the next 100 MB tensor
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
+                    reason="the setting is glibc's")
+def test_kept_memory_serves_the_next_big_tensor_without_page_faults(monkeypatch):
+    """glibc maps each block over 32 MB on its own and unmaps it when freed, so the next 50 MB tensor
     costs 12,000 page faults; with keep_freed_memory() it reuses the freed heap memory."""
-    def faults_of_the_next_tensor(mode):
-        result = subprocess.run([sys.executable, "-c", KEEP_CHECK, mode], capture_output=True, text=True,
-                                cwd=plumbing.REPO_DIR, check=True, env={**os.environ, "LLM_ALLOCATOR": mode})
-        return [int(line) for line in result.stdout.split()]
-
-    assert all(count > 10_000 for count in faults_of_the_next_tensor("system"))
-    assert all(count < 100 for count in faults_of_the_next_tensor("keep"))
+    result = subprocess.run([sys.executable, "-c", KEEP_CHECK], capture_output=True, text=True,
+                            cwd=plumbing.REPO_DIR, check=True)
+    counts = [line.split() for line in result.stdout.splitlines()]
+    assert [setting for setting, _ in counts] == ["system"] * 2 + ["keep"] * 2
+    assert all(int(count) > 10_000 for setting, count in counts if setting == "system")
+    assert all(int(count) < 100 for setting, count in counts if setting == "keep")
+    monkeypatch.setenv("LLM_ALLOCATOR", "system")  # the reader's way back to glibc's default
+    assert not plumbing.keep_freed_memory()
