@@ -5,8 +5,8 @@ series turns on), taking turns step by step (tokens/s and page faults per step).
 The setting is per process and cannot be undone once the heap holds the freed memory, so the two
 settings need two processes; taking turns lets a load that comes and goes hit both alike. Each
 process builds bench_pretraining.py's paths (float32, 124M, context 256, batch 2 by default) on
-the same random batch, on the CPU. Prints figures; it is not a test. On macOS and Windows, or with another C
-library than glibc, there is nothing to compare and it says so.
+the same random batch, on the CPU. Prints figures; it is not a test. On macOS and Windows, or
+with another C library than glibc, there is nothing to compare and it says so.
 
 Run: python benchmarks/bench_allocator.py --device cpu
      python benchmarks/bench_allocator.py --device cpu --paths fast --steps 6
@@ -14,7 +14,6 @@ Run: python benchmarks/bench_allocator.py --device cpu
 
 import argparse
 import multiprocessing
-import resource
 import statistics
 import time
 
@@ -30,11 +29,12 @@ MODES = ("system", "keep")  # glibc's default, then freed memory kept
 def worker(mode, args, conn):
     """Build args.paths in this process with allocator `mode`, then run a step of the path that
     each message names, answering (seconds, page faults) until it gets None."""
+    import resource  # Unix only: main() starts no worker where keep_freed_memory does not apply
+
     import torch
 
-    if mode == "keep" and not keep_freed_memory():
-        conn.send("keep_freed_memory does not apply here (it sets glibc's malloc; LLM_ALLOCATOR=system?)")
-        return
+    if mode == "keep":
+        keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cpu")
@@ -75,11 +75,12 @@ def main():
     if get_device(args.device).type != "cpu":
         print("The allocator compared here holds CPU memory (a GPU's has its own cache); use --device cpu")
         return
+    if not keep_freed_memory():  # (run_main has set it in this process already: it only answers)
+        print("keep_freed_memory does not apply here: it sets glibc's malloc on Linux "
+              "(and LLM_ALLOCATOR=system turns it off)")
+        return
     conns = start_workers(args)
     replies = [conns[mode].recv() for mode in MODES]
-    if replies[1].startswith("keep_freed_memory"):
-        print(replies[1])
-        return
     print(replies[1], f"\n{args.config}, context {args.context}, batch {args.batch_size}, float32; "
           f"{args.steps} timed steps per path and setting after 2, the two processes taking turns")
     seconds, faults = {}, {}

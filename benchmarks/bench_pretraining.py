@@ -15,9 +15,8 @@ output head of their own, as GPTModel has.
 Each step trains on one batch of random token ids (speed does not depend on the text). All paths
 run with the allocator setting of every script (plumbing.keep_freed_memory; --allocator system
 shows what glibc's default costs). The paths take turns step by step and each figure is the median
-of its steps, so a load that comes and goes
-hits them all alike. Every figure comes with the machine and its load average. Prints figures; it
-is not a test.
+of its steps, so a load that comes and goes hits them all alike. Every figure comes with the
+machine and its load average. Prints figures; it is not a test.
 
 Run: python benchmarks/bench_pretraining.py --device cpu --dtype float32 --nanogpt /tmp/nanogpt/model.py
      python benchmarks/bench_pretraining.py --device cpu --compile --paths book fast
