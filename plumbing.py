@@ -41,8 +41,8 @@ def keep_freed_memory():
     step frees and allocates the same big tensors every time (124M's logits and their gradient are
     103 MB each, the embedding gradients 154 MB), so each step would get them as new pages that the
     kernel faults in and zeroes one 4 KB page at a time: 176,000 faults a step for the fast path and
-    430,000 for the book path at 124M, batch 2, context 256, and up to a third of the step's time on
-    README's 2-core machine (benchmarks/bench_pretraining.py --allocator system shows it). With
+    430,000 for the book path at 124M, batch 2, context 256, and up to a quarter of the book path's
+    step on README's 2-core machine (benchmarks/bench_allocator.py measures it). With
     mmap off, big blocks come from the heap, and with no trim threshold the heap keeps freed memory
     for the next step. The cost: the process holds on to its peak memory until it ends (set
     LLM_ALLOCATOR=system to keep glibc's default). Elsewhere than glibc (macOS, Windows, musl)
