@@ -34,6 +34,12 @@ class ScriptError(Exception):
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 
 
+def freed_memory_can_be_kept():
+    """Whether keep_freed_memory() applies here: glibc on Linux, and LLM_ALLOCATOR is not "system"."""
+    return (os.environ.get("LLM_ALLOCATOR") != "system" and sys.platform.startswith("linux")
+            and platform.libc_ver()[0] == "glibc")
+
+
 def keep_freed_memory():
     """Let this process reuse the memory it frees instead of giving it back to the system at once.
 
@@ -47,9 +53,7 @@ def keep_freed_memory():
     for the next step. The cost: the process holds on to its peak memory until it ends (set
     LLM_ALLOCATOR=system to keep glibc's default). Elsewhere than glibc (macOS, Windows, musl)
     nothing changes. Returns whether the setting was applied."""
-    if os.environ.get("LLM_ALLOCATOR") == "system":
-        return False
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+    if not freed_memory_can_be_kept():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt

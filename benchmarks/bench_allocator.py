@@ -17,11 +17,10 @@ import multiprocessing
 import statistics
 import time
 
-import common
-from bench_pretraining import CONFIGS, PATH_NAMES, build_path
+from bench_pretraining import CONFIGS, PATH_NAMES, build_path, random_batch
 from common import add_device_arg, describe_machine, load_line
 
-from plumbing import get_device, keep_freed_memory, run_main
+from plumbing import freed_memory_can_be_kept, get_device, keep_freed_memory, run_main
 
 MODES = ("system", "keep")  # glibc's default, then freed memory kept
 
@@ -39,12 +38,11 @@ def worker(mode, args, conn):
         torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     cfg = {**CONFIGS[args.config], "context_length": args.context}
-    args.batch = torch.randint(0, cfg["vocab_size"], (args.batch_size, args.context + 1),
-                               generator=torch.Generator().manual_seed(0)).to(device)
+    args.batch = random_batch(cfg, args.batch_size, args.context, device)
     args.dtype, args.nanogpt, args.book_dropout = "float32", None, False
     steps = {name: build_path(name, cfg, device, args)[0] for name in args.paths}
-    common.ALLOCATOR = "glibc's default in one process, freed memory kept in the other"
-    conn.send(describe_machine(device) if mode == "keep" else "ready")
+    both = "glibc's default in one process, freed memory kept in the other"
+    conn.send(describe_machine(device, allocator=both) if mode == "keep" else "ready")
     while (name := conn.recv()) is not None:
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
@@ -75,7 +73,7 @@ def main():
     if get_device(args.device).type != "cpu":
         print("The allocator compared here holds CPU memory (a GPU's has its own cache); use --device cpu")
         return
-    if not keep_freed_memory():  # (run_main has set it in this process already: it only answers)
+    if not freed_memory_can_be_kept():
         print("keep_freed_memory does not apply here: it sets glibc's malloc on Linux "
               "(and LLM_ALLOCATOR=system turns it off)")
         return

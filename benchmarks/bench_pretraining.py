@@ -13,10 +13,11 @@ GPT2LMHeadModel with SDPA attention (skipped when transformers is missing) and n
 output head of their own, as GPTModel has.
 
 Each step trains on one batch of random token ids (speed does not depend on the text). All paths
-run with the allocator setting of every script (plumbing.keep_freed_memory; --allocator system
-shows what glibc's default costs). The paths take turns step by step and each figure is the median
-of its steps, so a load that comes and goes hits them all alike. Every figure comes with the
-machine and its load average. Prints figures; it is not a test.
+run with the allocator setting of every script (plumbing.keep_freed_memory, from run_main;
+LLM_ALLOCATOR=system in front of the command shows what glibc's default costs). The paths take
+turns step by step and each figure is the median of its steps, so a load that comes and goes hits
+them all alike. Every figure comes with the machine and its load average. Prints figures; it is not
+a test.
 
 Run: python benchmarks/bench_pretraining.py --device cpu --dtype float32 --nanogpt /tmp/nanogpt/model.py
      python benchmarks/bench_pretraining.py --device cpu --compile --paths book fast
@@ -76,6 +77,12 @@ def gpu_peak_flops(device, peak_tflops):
         return None
     name = torch.cuda.get_device_name(device)
     return next((tflops * 1e12 for key, tflops in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+def random_batch(cfg, batch_size, context, device):
+    """One batch of random token ids, the same every run (speed does not depend on the text)."""
+    return torch.randint(0, cfg["vocab_size"], (batch_size, context + 1),
+                         generator=torch.Generator().manual_seed(0)).to(device)
 
 
 def book_loss(model, inputs, targets):
@@ -200,8 +207,7 @@ def main():
           ", ".join(f"{dtype} {flops / 1e9:.0f} GFLOP/s" for dtype, flops in peaks.items()), load_line())
     for context in args.contexts:
         cfg = {**CONFIGS[args.config], "context_length": context}
-        args.batch = torch.randint(0, cfg["vocab_size"], (args.batch_size, context + 1),
-                                   generator=torch.Generator().manual_seed(0)).to(device)
+        args.batch = random_batch(cfg, args.batch_size, context, device)
         paths, losses, dtypes = {}, {}, {}
         for name in args.paths:
             built = build_path(name, cfg, device, args)

@@ -14,10 +14,7 @@ REPO_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_DIR))  # the lettered scripts are imported as modules
 
 from fast_pretraining import fast_autocast_dtype  # noqa: E402  (needs the path above)
-from plumbing import add_device_arg, get_device, keep_freed_memory  # noqa: E402
-
-
-ALLOCATOR = "the C library's"  # what setup_from_args chose, for describe_machine
+from plumbing import add_device_arg, freed_memory_can_be_kept, get_device  # noqa: E402
 
 
 def synchronize(device):
@@ -71,13 +68,17 @@ def cpu_features():
             f"native bfloat16 {'yes' if native_bf16 else 'no'}")
 
 
-def describe_machine(device):
+def describe_machine(device, allocator=None):
+    """A line naming the device, threads, torch, the allocator setting (by default what run_main set:
+    plumbing.keep_freed_memory, off with LLM_ALLOCATOR=system) and the load average."""
+    if allocator is None:
+        allocator = "freed memory kept" if freed_memory_can_be_kept() else "the C library's default"
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
         name = f"{cpu_info('model name') or platform.processor() or platform.machine()}; {cpu_features()}"
     return (f"device {device} ({name}), {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch "
-            f"threads, torch {torch.__version__}, allocator {ALLOCATOR}, load average {load_average():.2f}")
+            f"threads, torch {torch.__version__}, allocator {allocator}, load average {load_average():.2f}")
 
 
 def load_line():
@@ -116,18 +117,10 @@ def add_common_args(parser):
     add_device_arg(parser)
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice, usually one per core)")
-    parser.add_argument("--allocator", choices=("keep", "system"), default="keep",
-                        help="keep: reuse freed memory, as every script of the series runs "
-                             "(plumbing.keep_freed_memory); system: the C library's default, which on "
-                             "Linux gives big blocks back and faults them in again at every step")
 
 
 def setup_from_args(args):
-    """Apply --threads and --allocator; return the --device."""
+    """Apply --threads; return the --device."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    global ALLOCATOR
-    if args.allocator == "keep":
-        ALLOCATOR = ("freed memory kept" if keep_freed_memory()
-                     else "the C library's (LLM_ALLOCATOR=system, or not glibc)")
     return get_device(args.device)
