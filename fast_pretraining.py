@@ -186,13 +186,14 @@ def train_model_fast(model, train_loader, val_loader, optimizer, device, num_epo
     loop does. Returns (train_losses, val_losses, track_tokens_seen)."""
     history = ([], [], [])
     tokens_seen, global_step = 0, -1
+    processes = dist.get_world_size() if dist.is_initialized() else 1  # each trains on as many tokens
     plain_model = unwrap_model(model)  # evaluation and samples need no DDP or compiled wrapper
     for epoch in range(num_epochs):
         model.train()
         if hasattr(train_loader.sampler, "set_epoch"):  # DistributedSampler: new order each epoch
             train_loader.sampler.set_epoch(epoch)
         for batches in accumulation_groups(train_loader, grad_accum_steps):
-            tokens_seen += train_step(model, batches, optimizer, device, autocast_dtype)
+            tokens_seen += train_step(model, batches, optimizer, device, autocast_dtype) * processes
             global_step += 1
             if global_step % eval_freq == 0 and is_main_process:
                 with autocast_context(device, autocast_dtype):

@@ -73,7 +73,7 @@ def train_epoch(run, bar, eval_loaders, session, stop_after, trained_model, auto
         if len(batches) < grad_accum:
             break  # the end of the epoch: too few batches left for a whole step
         loss, lr = optimizer_step(run, batches, trained_model, autocast_dtype)
-        num_tokens = sum(input_batch.numel() for input_batch, _ in batches)
+        num_tokens = sum(input_batch.numel() for input_batch, _ in batches) * run.world_size  # all processes'
         state["global_step"] += 1
         state["batch_in_epoch"] += len(batches)
         state["tokens_seen"] += num_tokens

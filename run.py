@@ -6,6 +6,7 @@
     python run.py series u v        only the scripts whose letters are given (u includes appendix D)
     python run.py test              install what the tests need, then run the test suite
     python run.py test -k ch05      extra arguments go to pytest
+    python run.py test -n 0         the suite in one process (for -s or --pdb)
     python run.py lint              install the test tools, then check the style with ruff
 
 Everything is installed into .venv/ beside this file, with constraints.txt pinning the tested
@@ -28,6 +29,10 @@ LETTERED = sorted(p.name for p in REPO_DIR.glob("[a-z]_*.py"))
 SERIES = [name for script in LETTERED
           for name in ([script, "appendix_d.py"] if script.startswith("u_") else [script])]
 HEAVY = {"u_", "v_", "w_", "x_", "y_", "z_", "appendix_d"}  # scripts that take --quick
+# pytest-xdist runs the test files on this many processes, each file whole in one of them, so a
+# file's shared fixtures (a chapter's script batch) run once. The tests use one torch thread each;
+# at most 4 because a worker holds up to 2.4 GB at its peak (the 124M model of chapters 4 and 5).
+TEST_WORKERS = min(4, os.cpu_count() or 1)
 
 
 def venv_python():
@@ -64,6 +69,11 @@ def run_series(args):
         subprocess.run(command, cwd=REPO_DIR, check=True)
 
 
+def pytest_workers():
+    """pytest's options for TEST_WORKERS processes; a reader's own -n, given later, wins."""
+    return ["-n", str(TEST_WORKERS), "--dist", "loadfile"] if TEST_WORKERS > 1 else []
+
+
 def main():
     if sys.version_info < (3, 10):
         sys.exit("The series needs Python 3.10 or newer.")
@@ -83,7 +93,7 @@ def main():
                                     cwd=REPO_DIR).returncode)
         else:
             ensure_installed("requirements-test.txt")
-            sys.exit(subprocess.run([str(venv_python()), "-m", "pytest", "tests"] + args,
+            sys.exit(subprocess.run([str(venv_python()), "-m", "pytest", "tests"] + pytest_workers() + args,
                                     cwd=REPO_DIR).returncode)
     except subprocess.CalledProcessError as error:
         sys.exit(f"stopped: {' '.join(map(str, error.cmd))} exited with {error.returncode}")

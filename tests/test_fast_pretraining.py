@@ -107,11 +107,12 @@ def ddp_worker(rank, world_size, results_dir):
         loader = fp.distributed_loader(DataLoader(token_dataset(), batch_size=2), rank, world_size)
         model, train_model, optimizer = fp.build_training(TOKEN_CFG_NO_QKV_BIAS, TRAIN_SETTINGS, device,
                                                           ddp=True)
-        losses, _, _ = fp.train_model_fast(
+        losses, _, tokens_seen = fp.train_model_fast(
             train_model, loader, loader, optimizer, device, num_epochs=2, eval_freq=2, eval_iter=1,
             start_context="ab", tokenizer=CharTokenizer(TOKEN_CFG["vocab_size"]), is_main_process=rank == 0)
         del train_model  # before the process group goes (see y_neural_network_basics.ddp_train)
-        torch.save({"state_dict": model.state_dict(), "losses": losses}, f"{results_dir}/rank{rank}.pt")
+        torch.save({"state_dict": model.state_dict(), "losses": losses, "tokens_seen": tokens_seen},
+                   f"{results_dir}/rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
 
@@ -121,6 +122,8 @@ def test_two_process_ddp_on_cpu_matches_one_process_with_the_global_batch(tmp_pa
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert len(rank0["losses"]) == 4 and rank1["losses"] == []  # only rank 0 evaluates and prints
+    # Tokens seen count both processes' batches: 2 x 2 windows of 12 tokens a step, after steps 0, 2, 4, 6.
+    assert rank0["tokens_seen"] == [48 * (step + 1) for step in (0, 2, 4, 6)]
     for name, tensor in rank0["state_dict"].items():
         assert torch.equal(tensor, rank1["state_dict"][name]), name
 

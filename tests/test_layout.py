@@ -61,13 +61,27 @@ def test_functions_stay_short_except_the_walk_throughs():
     assert long_functions == []
 
 
-def test_run_py_runs_appendix_d_right_after_chapter_5():
+def load_run_py():
     spec = importlib.util.spec_from_file_location("run", REPO_DIR / "run.py")
     run = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(run)
+    return run
+
+
+def test_run_py_runs_appendix_d_right_after_chapter_5():
+    run = load_run_py()
     assert run.SERIES[0] == "a_tokenizer.py" and run.SERIES[-1] == "z_lora.py"
     assert run.SERIES.index("appendix_d.py") == run.SERIES.index("u_pretraining.py") + 1
     assert sorted(set(run.SERIES) - {"appendix_d.py"}) == sorted(f"{name}.py" for name in LETTERED)
+
+
+def test_run_py_tests_each_file_whole_in_one_of_up_to_4_processes(monkeypatch):
+    run = load_run_py()
+    assert 1 <= run.TEST_WORKERS <= 4
+    monkeypatch.setattr(run, "TEST_WORKERS", 3)
+    assert run.pytest_workers() == ["-n", "3", "--dist", "loadfile"]
+    monkeypatch.setattr(run, "TEST_WORKERS", 1)  # one core: pytest as it runs by default
+    assert run.pytest_workers() == []
 
 
 def test_run_py_help_shows_its_commands_and_succeeds():
