@@ -947,7 +947,7 @@ def test_memmap_run_equals_the_in_memory_run_and_reuses_its_arrays(story_file, t
     assert_same_run(final_run(tmp_path / "again.pth"), uninterrupted)
 
 
-def test_torchrun_two_processes_are_one_with_the_global_batch_and_resume_exactly(story_file, tmp_path):
+def test_torchrun_two_processes_stopped_and_resumed_train_as_one_with_the_global_batch(story_file, tmp_path):
     """`torchrun --nproc_per_node=2 train_own_text.py` on two CPU processes (gloo); rank 0 writes.
     Stopped after 2 of the 4 steps and resumed, the two processes (batch 8 each) train what one
     process does with batch 16."""
