@@ -97,13 +97,14 @@ class FastDropout(nn.Dropout):
     threshold, so one 64-bit number from the generator serves four elements, where nn.Dropout draws
     a number for each (the masks of a 124M step took 6% of its time). An element is kept with
     probability 1 - p, rounded to a multiple of 1/65,536, and scaled by its inverse, so the expected
-    value stays the input. The masks are not nn.Dropout's for the same seed. On GPUs, and under
-    torch.compile, which fuse the masks into the kernels, it is nn.Dropout."""
+    value stays the input. The masks are not nn.Dropout's for the same seed. On GPUs, whose kernels
+    fuse the masks, it is nn.Dropout. torch.compile keeps it on the CPU: Inductor's own masks there
+    cost more than nn.Dropout's eager ones."""
 
     def forward(self, x):
         if not self.training or self.p == 0:
             return x
-        if x.device.type != "cpu" or torch.compiler.is_compiling() or self.p == 1:
+        if x.device.type != "cpu" or self.p == 1:
             return super().forward(x)
         return fast_dropout(x, self.p)
 
@@ -111,10 +112,27 @@ class FastDropout(nn.Dropout):
 def fast_dropout(x, p):
     """x with each element kept with probability 1 - p (to within 1/65,536) and scaled by its inverse."""
     dropped = round(p * 65536)  # of the 65,536 values 16 bits take, this many drop an element
-    # random_() alone would leave each number's top bit 0; from -2**63 it draws all 64 bits.
-    bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_(-2 ** 63, None)
-    bits = bits.view(torch.int16)[:x.numel()].view(x.shape)  # uniform over -32768..32767
+    bits = random_int16(x.detach())  # uniform over -32768..32767
     return torch.where(bits >= dropped - 32768, x * (65536 / (65536 - dropped)), 0.0)
+
+
+# An operator of its own, so that torch.compile keeps it whole: traced, Tensor.random_ breaks the
+# graph, and a break inside FastMultiHeadAttention crashed torch 2.13's compiled step. The tag
+# says it draws random numbers, so the backward pass never draws again. One catch: compiled code
+# merges two calls on the very same tensor into one draw (its common-subexpression pass spares only
+# aten's random operators); each dropout of a GPT has an input of its own.
+@torch.library.custom_op("fast_attention::random_int16", mutates_args=(),
+                         tags=(torch.Tag.nondeterministic_seeded,))
+def random_int16(like: torch.Tensor) -> torch.Tensor:
+    """16 random bits per element of `like` (its shape and device) from torch's generator."""
+    # random_() alone would leave each number's top bit 0; from -2**63 it draws all 64 bits.
+    bits = torch.empty((like.numel() + 3) // 4, dtype=torch.int64, device=like.device).random_(-2 ** 63, None)
+    return bits.view(torch.int16)[:like.numel()].view(like.shape)
+
+
+@random_int16.register_fake
+def _random_int16_shape(like):
+    return torch.empty(like.shape, dtype=torch.int16, device=like.device)
 
 
 def use_fast_dropout(model):

@@ -16,6 +16,7 @@ from fast_attention import (
     FastLayerNorm,
     FastMultiHeadAttention,
     KVCache,
+    fast_dropout,
     gpt_with_cache,
     lay_out_weights_for_decoding,
     new_kv_cache,
@@ -212,6 +213,30 @@ def test_fast_dropout_keeps_nine_in_ten_scaled_and_backpropagates_through_the_sa
     assert dropout(torch.ones(3, 5, dtype=torch.bfloat16)).dtype == torch.bfloat16
     assert torch.equal(dropout.eval()(x), x) and torch.equal(FastDropout(0.0)(x), x)
     assert torch.equal(FastDropout(1.0)(x), torch.zeros_like(x))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit, which the backend imports
+def test_fast_dropout_keeps_its_masks_under_torch_compile_on_cpu():
+    """Compiled code on the CPU draws FastDropout's masks too (Inductor's own are slower there),
+    in one graph (fullgraph: no break), from the global generator as in eager mode."""
+    dropout = FastDropout(1 / 3)
+    x = torch.ones(4, 1000)
+    torch.manual_seed(5)
+    eager = dropout(x)
+    torch.manual_seed(5)
+    compiled = torch.compile(dropout, backend="aot_eager", fullgraph=True)(x)  # no C++ compiler needed
+    assert torch.equal(compiled, eager)
+    # 21,845 of 65,536 values drop an element: kept ones are scaled by 65536 / 43691, not nn.Dropout's 1.5.
+    assert torch.equal(compiled[compiled != 0].unique(), torch.tensor([65536 / 43691]))
+
+    # With the partitioner Inductor uses: two calls draw two masks, and backward uses the forward's.
+    def two_dropouts(z):
+        return fast_dropout(z * 2, 0.5), fast_dropout(z * 3, 0.5)
+    z = torch.ones(10_000, requires_grad=True)
+    first, second = torch.compile(two_dropouts, backend="aot_eager_decomp_partition", fullgraph=True)(z)
+    assert not torch.equal(first != 0, second != 0)
+    (first + second).sum().backward()
+    assert torch.equal(z.grad, 2 * 2 * (first != 0).float() + 3 * 2 * (second != 0).float())  # scale 2
 
 
 def test_use_fast_dropout_swaps_every_dropout_and_keeps_weights_and_eval_outputs():
