@@ -116,23 +116,24 @@ def fast_dropout(x, p):
     return torch.where(bits >= dropped - 32768, x * (65536 / (65536 - dropped)), 0.0)
 
 
-# An operator of its own, so that torch.compile keeps it whole: traced, Tensor.random_ breaks the
-# graph, and a break inside FastMultiHeadAttention crashed torch 2.13's compiled step. The tag
-# says it draws random numbers, so the backward pass never draws again. One catch: compiled code
-# merges two calls on the very same tensor into one draw (its common-subexpression pass spares only
-# aten's random operators); each dropout of a GPT has an input of its own.
-@torch.library.custom_op("fast_attention::random_int16", mutates_args=(),
-                         tags=(torch.Tag.nondeterministic_seeded,))
-def random_int16(like: torch.Tensor) -> torch.Tensor:
+def _random_int16(like: torch.Tensor) -> torch.Tensor:
     """16 random bits per element of `like` (its shape and device) from torch's generator."""
     # random_() alone would leave each number's top bit 0; from -2**63 it draws all 64 bits.
     bits = torch.empty((like.numel() + 3) // 4, dtype=torch.int64, device=like.device).random_(-2 ** 63, None)
     return bits.view(torch.int16)[:like.numel()].view(like.shape)
 
 
-@random_int16.register_fake
-def _random_int16_shape(like):
-    return torch.empty(like.shape, dtype=torch.int16, device=like.device)
+# An operator of its own, so that torch.compile keeps it whole: traced, Tensor.random_ breaks the
+# graph, and a break inside FastMultiHeadAttention crashed torch 2.13's compiled step. The tag
+# says it draws random numbers, so the backward pass never draws again. One catch: compiled code
+# merges two calls on the very same tensor into one draw (its common-subexpression pass spares only
+# aten's random operators); each dropout of a GPT has an input of its own.
+try:
+    random_int16 = torch.library.custom_op("fast_attention::random_int16", _random_int16, mutates_args=(),
+                                           tags=(torch.Tag.nondeterministic_seeded,))
+    random_int16.register_fake(lambda like: torch.empty(like.shape, dtype=torch.int16, device=like.device))
+except (AttributeError, TypeError):  # an older torch without custom_op(tags=...): the same masks,
+    random_int16 = _random_int16  # and a graph break in compiled code
 
 
 def use_fast_dropout(model):
