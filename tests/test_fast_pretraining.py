@@ -147,7 +147,7 @@ def test_two_process_ddp_on_cpu_matches_one_process_with_the_global_batch(tmp_pa
         assert torch.allclose(rank0["state_dict"][name], tensor, atol=1e-5), name
 
 
-def test_fast_pretraining_under_torchrun_trains_on_two_cpu_processes(tmp_path):
+def test_fast_pretraining_under_torchrun_trains_on_two_cpu_processes(tmp_path, gpt2_tokenizer):
     """The reader's command, `torchrun --nproc_per_node=2 fast_pretraining.py`, on a short story."""
     data_dir, outputs_dir = tmp_path / "data", tmp_path / "outputs"
     data_dir.mkdir()

@@ -840,7 +840,8 @@ def test_init_from_gpt2_files_placed_by_hand(story_file, tmp_path, monkeypatch, 
         assert caught["cfg"]["context_length"] == 16 and caught["cfg"]["emb_dim"] == 8
 
 
-def test_chapters_6_and_7_start_from_a_best_checkpoint_with_gpt2s_tokenizer(story_file, tmp_path):
+def test_chapters_6_and_7_start_from_a_best_checkpoint_with_gpt2s_tokenizer(story_file, tmp_path,
+                                                                           gpt2_tokenizer):
     from starting_point import load_starting_point
 
     train_own_text.main(tiny_run_args(story_file, tmp_path / "g2.pth", "--tokenizer", "gpt2", "--batch-size",
@@ -1079,7 +1080,7 @@ def test_generate_is_seeded_and_reads_gpt2_checkpoints(tmp_path, capsys, gpt2_to
     assert "### Instruction:\nName a colour.\n\n### Response:\n" in out
 
 
-def test_temperature_must_be_zero_or_finite_and_positive(tmp_path, capsys):
+def test_temperature_must_be_zero_or_finite_and_positive(tmp_path, capsys, gpt2_tokenizer):
     assert [check_temperature(text) for text in ("0", "0.8", "1e-30", "2")] == [0.0, 0.8, 1e-30, 2.0]
     torch.manual_seed(0)
     cfg = {"vocab_size": 50257, "context_length": 16, "emb_dim": 8, "n_heads": 2, "n_layers": 1,

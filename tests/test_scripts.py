@@ -429,7 +429,7 @@ def w_to_z(tmp_path_factory):
     server.close()
 
 
-def test_w_finetune_classifier_quick(w_to_z):
+def test_w_finetune_classifier_quick(w_to_z, gpt2_tokenizer):
     data_dir, outputs_dir = w_to_z.folder / "sms", w_to_z.folder / "w"
     out = succeeded(w_to_z.runs["w"])
     assert (data_dir / "sms_spam_collection" / "SMSSpamCollection.tsv").exists()  # extracted, renamed
@@ -460,7 +460,7 @@ def test_w_finetune_classifier_offline_gives_a_clear_message(w_to_z):
     assert "archive.ics.uci.edu" in result.stderr and "backblazeb2.com" in result.stderr
     assert f"put it at {data_dir / 'sms_spam_collection.zip'}" in result.stderr
 
-def test_x_finetune_instructions_quick_without_ollama(w_to_z):
+def test_x_finetune_instructions_quick_without_ollama(w_to_z, gpt2_tokenizer):
     out, outputs_dir, ollama_url = succeeded(w_to_z.runs["x"]), w_to_z.folder / "x", w_to_z.no_ollama_url
     assert "Number of entries: 12\n" in out
     assert ("Entry 0 in the Alpaca prompt style:\nBelow is an instruction that describes a task. Write a "
@@ -540,7 +540,7 @@ def test_y_ddp_with_torchrun_on_cpu(tmp_path):
     assert [p.name for p in outputs_dir.iterdir()] == ["appendix-a-model-ddp.pth"]
 
 
-def test_z_lora_quick(w_to_z):
+def test_z_lora_quick(w_to_z, gpt2_tokenizer):
     out, outputs_dir = succeeded(w_to_z.runs["z"]), w_to_z.folder / "z"
     assert_printed(out, "--quick: the first 80 examples of each split",
                    "5 training batches, 1 validation batches, 2 test batches (of 8 messages, 25 tokens)",
