@@ -130,9 +130,11 @@ def train_own_model(run, stop_after=None):
     from tqdm import tqdm
 
     settings, state = run.settings, run.state
-    batch_size = settings["batch_size"]
-    eval_loaders = (loader(run.train_set, batch_size, drop_last=True),  # fixed batches to measure on
-                    loader(run.val_set, batch_size, drop_last=False))
+    # Fixed batches to measure on, of the global batch size: rank 0 alone evaluates, on the windows
+    # that one process with the whole batch would, so the losses do not depend on the process count.
+    global_batch = settings["batch_size"] * run.world_size
+    eval_loaders = (loader(run.train_set, global_batch, drop_last=True),
+                    loader(run.val_set, global_batch, drop_last=False))
     session = {"start": time.perf_counter(), "tokens": 0, "steps": 0}
     trained_model, autocast_dtype = fast_paths(run)
     run.model.train()
@@ -147,7 +149,7 @@ def train_own_model(run, stop_after=None):
                     generate_and_print_sample(run.model, run.tokenizer, run.device, settings["start_context"])
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
-    steps_per_epoch = len(run.train_set) // (batch_size * run.world_size) // settings.get("grad_accum", 1)
+    steps_per_epoch = len(run.train_set) // global_batch // settings.get("grad_accum", 1)
     if steps_per_epoch and state["eval_steps"] and run.rank == 0:
         plot_losses([step / steps_per_epoch for step in state["eval_steps"]], state["track_tokens_seen"],
                     state["train_losses"], state["val_losses"], plot_path(run.path))

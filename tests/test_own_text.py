@@ -966,8 +966,9 @@ def test_torchrun_two_processes_stopped_and_resumed_train_as_one_with_the_global
     two_state, two_weights = final_run(tmp_path / "two.pth")
     one_state, one_weights = final_run(tmp_path / "one.pth")
     assert two_state["global_step"] == 4
-    assert two_state["step_losses"] == pytest.approx(one_state["step_losses"], abs=1e-5)
-    for key in ("eval_steps", "track_tokens_seen"):  # rank 0 evaluates on its own batches of 8
+    for key in ("step_losses", "train_losses", "val_losses"):  # rank 0 evaluates on batches of 16
+        assert two_state[key] == pytest.approx(one_state[key], abs=1e-5), key
+    for key in ("eval_steps", "track_tokens_seen"):
         assert two_state[key] == one_state[key], key
     assert all(torch.allclose(two_weights[name], one_weights[name], atol=1e-5) for name in one_weights)
     with pytest.raises(ScriptError, match="trained by 2 process"):
