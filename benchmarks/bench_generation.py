@@ -5,7 +5,8 @@ A randomly initialised model of the GPT-2 124M architecture (context 1024) exten
 prompt "Hello, I am" by 200 tokens with greedy decoding: u_pretraining.generate(..., use_cache=True)
 with the book's GPTModel and with the fast path's (fast_config: FastMultiHeadAttention, fused
 LayerNorm and GELU; fast_attention.lay_out_weights_for_decoding: weights stored inputs by outputs,
-the layout CPU BLAS reads fastest for one token), and transformers' GPT2LMHeadModel.generate
+the layout CPU BLAS reads fastest for one token, and each one-token product split among the
+threads), and transformers' GPT2LMHeadModel.generate
 (SDPA attention, its own KV cache) with the same weights.
 --uncached adds the book's loop without a cache, which runs the whole sequence for every token.
 The paths take turns for --rounds rounds; each figure is the median. Every path must give the same

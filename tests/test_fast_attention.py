@@ -10,6 +10,7 @@ import checkpoints
 import u_pretraining as u
 from fast_attention import (
     CachedNextTokenLogits,
+    DecodingLinear,
     FastDropout,
     FastFeedForward,
     FastGELU,
@@ -17,6 +18,7 @@ from fast_attention import (
     FastMultiHeadAttention,
     KVCache,
     fast_dropout,
+    decoding_splits,
     gpt_with_cache,
     lay_out_weights_for_decoding,
     new_kv_cache,
@@ -283,7 +285,16 @@ def test_feeding_tokens_in_chunks_through_the_cache_gives_the_full_forward_logit
         gpt_with_cache(model, idx[:, :2], kv_cache)
 
 
-def test_weights_laid_out_for_decoding_keep_their_values_ids_and_checkpoints():
+@pytest.fixture
+def two_threads():
+    """Two torch threads for one test (the suite runs on one), so that DecodingLinear splits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield 2 if torch.backends.mkl.is_available() else 1  # the splits DecodingLinear makes
+    torch.set_num_threads(threads)
+
+
+def test_weights_laid_out_for_decoding_keep_their_values_ids_and_checkpoints(two_threads):
     torch.manual_seed(123)
     book = GPTModel(TOKEN_CFG).eval()
     fast = GPTModel({**TOKEN_CFG, "attention": "fast", "fast_layers": True}).eval()
@@ -292,12 +303,57 @@ def test_weights_laid_out_for_decoding_keep_their_values_ids_and_checkpoints():
     weight = fast.trf_blocks[0].ff.layers[0].weight
     emb_dim = TOKEN_CFG["emb_dim"]
     assert weight.shape == (4 * emb_dim, emb_dim) and weight.stride() == (1, 4 * emb_dim)
+    assert type(fast.out_head) is DecodingLinear and type(fast.trf_blocks[0].att.W_qkv) is DecodingLinear
+    assert decoding_splits(torch.zeros(1, emb_dim), fast.out_head.weight) == two_threads
     assert torch.equal(fast.out_head.weight, book.out_head.weight)
     idx = torch.tensor([[3, 1, 4]])
     assert torch.equal(u.generate(fast, idx, 8, TOKEN_CFG["context_length"], use_cache=True),
                        u.generate(book, idx, 8, TOKEN_CFG["context_length"]))
     book.load_state_dict(fast.state_dict(), strict=False)  # the fused W_qkv aside, the book's names
     assert torch.equal(book.out_head.weight, fast.out_head.weight)
+
+
+@pytest.mark.parametrize("shape", [(1, 48), (2, 1, 48), (4, 48)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_decoding_linear_splits_a_few_rows_among_the_threads_and_gives_nn_linears_values(two_threads,
+                                                                                        shape, bias):
+    torch.manual_seed(123)
+    linear = torch.nn.Linear(48, 20, bias=bias)
+    decoding = lay_out_weights_for_decoding(torch.nn.Sequential(torch.nn.Linear(48, 20, bias=bias)))[0]
+    decoding.load_state_dict(linear.state_dict())
+    x = torch.randn(shape, requires_grad=True)
+    assert decoding_splits(x, decoding.weight) == two_threads
+    out = decoding(x)
+    assert out.shape == shape[:-1] + (20,)
+    exact = x.double() @ linear.weight.double().t() + (linear.bias.double() if bias else 0)
+    assert torch.allclose(out.double(), exact, atol=1e-6)
+    assert torch.allclose(out, linear(x), atol=1e-6)
+    out.sum().backward()  # the gradient flows through the split as through nn.Linear
+    assert torch.allclose(decoding.weight.grad, torch.autograd.grad(linear(x).sum(), linear.weight)[0])
+
+
+def test_decoding_linear_leaves_what_it_was_not_measured_faster_on_to_nn_linear(two_threads):
+    torch.manual_seed(123)
+    decoding = lay_out_weights_for_decoding(torch.nn.Sequential(torch.nn.Linear(48, 20)))[0]
+    weight, bias = decoding.weight, decoding.bias
+    many_rows = torch.randn(5, 48)
+    assert decoding_splits(many_rows, weight) == 1
+    assert torch.equal(decoding(many_rows), torch.nn.functional.linear(many_rows, weight, bias))
+    assert decoding_splits(many_rows[:1].bfloat16(), weight.bfloat16()) == 1
+    assert decoding_splits(many_rows[:1], weight.contiguous()) == 1  # nn.Linear's layout
+    assert decoding_splits(torch.randn(1, 7), torch.randn(7, 3).t().contiguous().t()) == 1  # 7 inputs
+    torch.set_num_threads(1)
+    assert decoding_splits(many_rows[:1], weight) == 1
+
+
+class LinearOfItsOwn(torch.nn.Linear):
+    pass
+
+
+def test_laying_out_keeps_a_linear_subclass_its_class():
+    model = lay_out_weights_for_decoding(torch.nn.Sequential(LinearOfItsOwn(4, 3), torch.nn.Linear(3, 2)))
+    assert type(model[0]) is LinearOfItsOwn and model[0].weight.stride() == (1, 3)
+    assert type(model[1]) is DecodingLinear
 
 
 def test_kv_cache_refuses_to_overflow():
