@@ -145,8 +145,8 @@ def parse_args():
     parser.add_argument("--steps", type=int, default=None,
                         help="timed steps per path (default: 20 on CUDA, 4 elsewhere)")
     parser.add_argument("--warmup", type=int, default=None,
-                        help="untimed steps first (default: 3, 2 more with --compile; on CPU the heap "
-                             "settles by then: a fast step faulted 563,640 pages in, then 100,515, then 0)")
+                        help="untimed steps first (default: 3, as common.time_paths says why; 2 more "
+                             "with --compile)")
     parser.add_argument("--profile", action="store_true",
                         help="after the timing, trace 2 more steps of each path with torch.profiler and "
                              "print where the time goes (its top operators)")

@@ -25,9 +25,11 @@ def synchronize(device):
         torch.mps.synchronize()
 
 
-def time_paths(paths, device, repeats, warmup=1):
-    """Median seconds of each callable in `paths` (name -> fn). The paths take turns, so that a
-    load that comes and goes on a shared machine hits them all alike."""
+def time_paths(paths, device, repeats, warmup=3):
+    """Median seconds of each callable in `paths` (name -> fn), after `warmup` untimed calls each.
+    The paths take turns, so that a load that comes and goes on a shared machine hits them all
+    alike. Three warmup calls, because with kept memory (plumbing.keep_freed_memory) the heap
+    settles only by then: a 124M fast step faulted 563,640 pages in, then 100,515, then none."""
     for _ in range(warmup):
         for fn in paths.values():
             fn()
