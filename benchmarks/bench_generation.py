@@ -4,9 +4,9 @@ Hugging Face transformers' generate, all holding the same weights.
 A randomly initialised model of the GPT-2 124M architecture (context 1024) extends the book's
 prompt "Hello, I am" by 200 tokens with greedy decoding: u_pretraining.generate(..., use_cache=True)
 with the book's GPTModel and with the fast path's (fast_config: FastMultiHeadAttention, fused
-LayerNorm and GELU; fast_attention.lay_out_weights_for_decoding: weights stored inputs by outputs,
-the layout CPU BLAS reads fastest for one token, and each one-token product split among the
-threads), and transformers' GPT2LMHeadModel.generate
+LayerNorm and GELU; fast_attention.lay_out_weights_for_decoding: float32 weights stored inputs by
+outputs, the layout CPU BLAS reads fastest for one token, and each one-token product split among
+the threads), and transformers' GPT2LMHeadModel.generate
 (SDPA attention, its own KV cache) with the same weights.
 --uncached adds the book's loop without a cache, which runs the whole sequence for every token.
 The paths take turns for --rounds rounds; each figure is the median. Every path must give the same
@@ -52,7 +52,7 @@ def build_paths(cfg, device, dtype, max_new_tokens, uncached):
     torch.manual_seed(123)
     book = GPTModel(cfg).eval()
     fast = GPTModel(fast_config(cfg)).eval()
-    lay_out_weights_for_decoding(fast).load_state_dict(book.state_dict())  # copies keep the layout
+    fast.load_state_dict(book.state_dict())
     hf, message = hf_gpt2_with_weights(book.state_dict(), cfg)
     context = cfg["context_length"]
 
@@ -72,6 +72,7 @@ def build_paths(cfg, device, dtype, max_new_tokens, uncached):
         paths["transformers generate (SDPA)"] = (hf_generate, hf)
     for _, model in paths.values():
         model.to(device=device, dtype=dtype)
+    lay_out_weights_for_decoding(fast)  # as generate_text.py does: on the model's device and dtype
     return paths
 
 

@@ -288,6 +288,16 @@ def run_ranks(worker, *args, world_size=2, env=None, timeout=120):
             pytest.fail(f"{worker.__name__} did not finish in {world_size} processes within {timeout} s")
 
 
+@pytest.fixture
+def two_threads():
+    """Two torch threads for one test (the suite runs on one), so that fast_attention's
+    DecodingLinear splits its products; gives the number of splits it makes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield 2 if torch.backends.mkl.is_available() else 1
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def gpt2_tokenizer():
     """tiktoken's GPT-2 encoding; offline it needs TIKTOKEN_CACHE_DIR (see README)."""

@@ -285,15 +285,6 @@ def test_feeding_tokens_in_chunks_through_the_cache_gives_the_full_forward_logit
         gpt_with_cache(model, idx[:, :2], kv_cache)
 
 
-@pytest.fixture
-def two_threads():
-    """Two torch threads for one test (the suite runs on one), so that DecodingLinear splits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield 2 if torch.backends.mkl.is_available() else 1  # the splits DecodingLinear makes
-    torch.set_num_threads(threads)
-
-
 def test_weights_laid_out_for_decoding_keep_their_values_ids_and_checkpoints(two_threads):
     torch.manual_seed(123)
     book = GPTModel(TOKEN_CFG).eval()
@@ -354,6 +345,12 @@ def test_laying_out_keeps_a_linear_subclass_its_class():
     model = lay_out_weights_for_decoding(torch.nn.Sequential(LinearOfItsOwn(4, 3), torch.nn.Linear(3, 2)))
     assert type(model[0]) is LinearOfItsOwn and model[0].weight.stride() == (1, 3)
     assert type(model[1]) is DecodingLinear
+
+
+def test_laying_out_leaves_bfloat16_weights_as_they_are():
+    """Laid out, bfloat16 products read slower here; the layout and the split are float32's."""
+    model = lay_out_weights_for_decoding(torch.nn.Sequential(torch.nn.Linear(4, 3)).bfloat16())
+    assert type(model[0]) is torch.nn.Linear and model[0].weight.stride() == (4, 1)
 
 
 def test_kv_cache_refuses_to_overflow():

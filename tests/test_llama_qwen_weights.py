@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import run_script
+from fast_attention import DecodingLinear, decoding_splits, lay_out_weights_for_decoding
 from gpt_to_llama import generate_tokens
 from llama_qwen_weights import (
     QWEN3_FILES,
@@ -73,7 +74,7 @@ def reference_logits(hf_model, idx):
     (tiny_llama, "Llama3Model", True), (tiny_llama, "Llama3Model", False),
     (tiny_qwen3, "Qwen3Model", False), (tiny_qwen3, "Qwen3Model", True),
 ], ids=["llama-tied", "llama-untied", "qwen3-untied", "qwen3-tied"])
-def test_model_from_hf_dir_gives_the_reference_logits(tmp_path, make, kind, tied):
+def test_model_from_hf_dir_gives_the_reference_logits(tmp_path, make, kind, tied, two_threads):
     hf_model = make(tie_word_embeddings=tied)
     hf_model.save_pretrained(tmp_path)
     model, cfg = model_from_hf_dir(tmp_path)
@@ -92,6 +93,13 @@ def test_model_from_hf_dir_gives_the_reference_logits(tmp_path, make, kind, tied
     theirs = hf_model.generate(idx[:1, :8], max_new_tokens=12, do_sample=False, attention_mask=None,
                                pad_token_id=0)[:, 8:]
     assert torch.equal(ours, theirs)
+    # Laid out for decoding, as the script does: its products split, the same logits and ids.
+    lay_out_weights_for_decoding(model)
+    assert type(model.out_head) is DecodingLinear
+    assert decoding_splits(torch.zeros(1, cfg["emb_dim"]), model.out_head.weight) == two_threads
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), expected, rtol=0, atol=1e-4)
+    assert torch.equal(torch.cat(list(generate_tokens(model, idx[:1, :8], 12)), dim=1), theirs)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
@@ -349,9 +357,15 @@ def test_script_chats_with_a_model_folder(tmp_path):
     assert re.search(r"^[1-5] tokens in \d+\.\d s \(\d+\.\d tokens/s, KV cache\)$", out, re.M)
 
 
-def test_script_chats_with_a_llama_folder(tmp_path, capsys):
-    """Llama's turn: the folder's chat template, <|begin_of_text|> once, a stop at <|eot_id|>."""
+def test_script_chats_with_a_llama_folder(tmp_path, capsys, monkeypatch):
+    """Llama's turn: the folder's chat template, <|begin_of_text|> once, a stop at <|eot_id|>; its
+    float32 weights laid out for decoding."""
+    import llama_qwen_weights
     from llama_qwen_weights import main
+
+    laid_out = []
+    monkeypatch.setattr(llama_qwen_weights, "lay_out_weights_for_decoding",
+                        lambda model: laid_out.append(lay_out_weights_for_decoding(model)))
 
     model_dir = write_chat_folder(tmp_path / "tiny-llama", "llama")
     tokenizer = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
@@ -369,6 +383,7 @@ def test_script_chats_with_a_llama_folder(tmp_path, capsys):
     assert f"Prompt ({len(ids)} tokens):\n{expected}\n" in out
     assert ids.count(tokenizer.token_to_id("<|begin_of_text|>")) == 1
     assert re.search(r"^[1-5] tokens in \d+\.\d s \(\d+\.\d tokens/s, KV cache\)$", out, re.M)
+    assert [type(model.out_head) for model in laid_out] == [DecodingLinear]
 
 
 @pytest.mark.parametrize("temperature", ["nan", "inf", "-1", "abc"])
