@@ -37,6 +37,7 @@ from common import (
     load_line,
     matmul_peak_flops,
     setup_from_args,
+    WARMUP_CALLS,
     time_paths,
 )
 from peers import hf_gpt2, hf_loss, nanogpt, nanogpt_loss
@@ -145,8 +146,8 @@ def parse_args():
     parser.add_argument("--steps", type=int, default=None,
                         help="timed steps per path (default: 20 on CUDA, 4 elsewhere)")
     parser.add_argument("--warmup", type=int, default=None,
-                        help="untimed steps first (default: 3, as common.time_paths says why; 2 more "
-                             "with --compile)")
+                        help=f"untimed steps first (default: {WARMUP_CALLS}, as common.WARMUP_CALLS says "
+                             "why; 2 more with --compile)")
     parser.add_argument("--profile", action="store_true",
                         help="after the timing, trace 2 more steps of each path with torch.profiler and "
                              "print where the time goes (its top operators)")
@@ -196,7 +197,7 @@ def main():
     steps = args.steps or (20 if device.type == "cuda" else 4)
     warmup = args.warmup
     if warmup is None:
-        warmup = 3 + 2 * args.compile
+        warmup = WARMUP_CALLS + 2 * args.compile
     print(describe_machine(device))
     print(f"{args.config} architecture, batch {args.batch_size}, {steps} timed steps per path after "
           f"{warmup} warmup, taking turns; fast path and peers: --dtype {args.dtype} -> "

@@ -25,11 +25,15 @@ def synchronize(device):
         torch.mps.synchronize()
 
 
-def time_paths(paths, device, repeats, warmup=3):
+# Untimed calls of each path first: with kept memory (plumbing.keep_freed_memory) the heap settles
+# only by the third (a 124M fast step faulted 563,640 pages in, then 100,515, then none).
+WARMUP_CALLS = 3
+
+
+def time_paths(paths, device, repeats, warmup=WARMUP_CALLS):
     """Median seconds of each callable in `paths` (name -> fn), after `warmup` untimed calls each.
     The paths take turns, so that a load that comes and goes on a shared machine hits them all
-    alike. Three warmup calls, because with kept memory (plumbing.keep_freed_memory) the heap
-    settles only by then: a 124M fast step faulted 563,640 pages in, then 100,515, then none."""
+    alike."""
     for _ in range(warmup):
         for fn in paths.values():
             fn()
